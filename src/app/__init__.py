@@ -1,0 +1,1 @@
+"""litestar-base-app: a production-grade Litestar backend template."""

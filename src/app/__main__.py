@@ -1,0 +1,35 @@
+"""Production launcher: ``python -m app`` serves ``app.main:app`` with Granian, configured by SPEC §9 settings (§12.4).
+
+``python -m app --reload`` is the development server used by ``task dev``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from granian import Granian
+from granian.constants import Interfaces
+
+from app.core.settings import PROJECT_ROOT
+from app.main import load_settings
+
+
+def main() -> None:
+    settings = load_settings()
+    reload = "--reload" in sys.argv[1:]
+    Granian(
+        "app.main:app",
+        interface=Interfaces.ASGI,
+        address=settings.server.host,
+        port=settings.server.port,
+        workers=1 if reload else settings.server.workers,
+        # Time a worker gets to finish in-flight requests on shutdown/reload (GRANIAN__TIMEOUT).
+        workers_kill_timeout=settings.server.timeout,
+        respawn_failed_workers=not reload,
+        reload=reload,
+        reload_paths=[PROJECT_ROOT / "src"] if reload else None,
+    ).serve()
+
+
+if __name__ == "__main__":
+    main()

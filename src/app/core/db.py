@@ -1,0 +1,112 @@
+"""Database plumbing shared by every feature: declarative base, common columns, engine configuration."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from advanced_alchemy.base import IdentityBase, orm_registry
+from advanced_alchemy.extensions.litestar import (
+    AlembicAsyncConfig,
+    AsyncSessionConfig,
+    EngineConfig,
+    SQLAlchemyAsyncConfig,
+)
+from advanced_alchemy.types import DateTimeUTC
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.settings import PROJECT_ROOT, Settings
+
+MIGRATIONS_DIR = PROJECT_ROOT / "src" / "app" / "migrations"
+ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(IdentityBase):
+    """Integer identity primary key (SPEC §2); every model sets its singular ``__tablename__``."""
+
+    __abstract__ = True
+
+
+metadata = orm_registry.metadata
+
+
+class TimestampColumns:
+    """SPEC §2: ``created_at`` set on insert, ``updated_at`` NULL until the first update."""
+
+    created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utc_now, sort_order=3001)
+    updated_at: Mapped[datetime | None] = mapped_column(
+        DateTimeUTC(timezone=True), default=None, onupdate=utc_now, sort_order=3002
+    )
+
+
+class SoftDeleteColumns:
+    """SPEC §2.6: deleting sets the flag and the time; the row stays."""
+
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None, sort_order=3003)
+    is_deleted: Mapped[bool] = mapped_column(default=False, index=True, sort_order=3004)
+
+    def mark_deleted(self) -> None:
+        self.is_deleted = True
+        self.deleted_at = utc_now()
+
+
+def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
+    """One request = one transaction, committed below 400 and rolled back otherwise (SPEC §1.6)."""
+    if settings.embedded:
+        engine = EngineConfig(echo=settings.db.echo)
+    else:
+        engine = EngineConfig(
+            echo=settings.db.echo,
+            pool_size=settings.db.pool_size,
+            max_overflow=settings.db.max_overflow,
+            pool_timeout=settings.db.connect_timeout,
+            pool_pre_ping=True,
+            # A database that does not answer gives 503 after the timeout instead of a hung request.
+            connect_args={"timeout": settings.db.connect_timeout, "command_timeout": 30},
+        )
+    config = SQLAlchemyAsyncConfig(
+        connection_string=settings.database_url,
+        before_send_handler="autocommit",
+        session_config=AsyncSessionConfig(expire_on_commit=False),
+        engine_config=engine,
+        create_all=settings.db.create_tables_on_start and not settings.embedded,
+        alembic_config=AlembicAsyncConfig(
+            script_config=str(ALEMBIC_INI),
+            script_location=str(MIGRATIONS_DIR),
+            version_table_name="alembic_version",
+        ),
+        # Errors are mapped to the SPEC §1.3 envelope by app.core.errors.
+        set_default_exception_handler=False,
+        # TimestampColumns already sets updated_at on update; the listener would also set it on insert.
+        enable_touch_updated_timestamp_listener=False,
+    )
+    if settings.embedded:
+        settings.db.embedded_path.parent.mkdir(parents=True, exist_ok=True)
+        event.listen(config.get_engine().sync_engine, "connect", _enable_sqlite_foreign_keys)
+    return config
+
+
+def _enable_sqlite_foreign_keys(dbapi_connection: object, _: object) -> None:
+    """SQLite ignores ON DELETE CASCADE / SET NULL unless foreign keys are switched on per connection."""
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+@asynccontextmanager
+async def session_scope(config: SQLAlchemyAsyncConfig) -> AsyncIterator[AsyncSession]:
+    """A unit of work outside HTTP (CLI, worker jobs): committed on success, rolled back on error."""
+    async with config.get_session() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise

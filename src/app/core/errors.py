@@ -1,0 +1,69 @@
+"""The uniform error body of SPEC §1.3: ``{"status_code", "detail"}`` plus ``extra`` on validation errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import (
+    HTTP_401_UNAUTHORIZED,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+logger = structlog.get_logger("app.errors")
+
+# Fixed texts shared by many routes (SPEC §1.3).
+NOT_AUTHENTICATED = "Not authenticated"
+USER_NOT_AUTHENTICATED = "User not authenticated."
+NOT_ENOUGH_PRIVILEGES = "You do not have enough privileges."
+FORBIDDEN = "Request forbidden -- authorization will not help"
+RATE_LIMIT_EXCEEDED = "Rate limit exceeded."
+INTERNAL_SERVER_ERROR = "Internal Server Error"
+SERVICE_UNAVAILABLE = "Service Unavailable"
+
+# A dependency that does not answer is an outage (503), not a bug (500).
+UNAVAILABLE_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeoutError,
+    ConnectionError,
+    TimeoutError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+
+
+def error_response(
+    status_code: int, detail: str, *, extra: Any = None, headers: dict[str, str] | None = None
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {"status_code": status_code, "detail": detail}
+    if extra is not None:
+        body["extra"] = extra
+    return Response(body, status_code=status_code, headers=headers, media_type=MediaType.JSON)
+
+
+def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """The single exception handler of the app: every error leaves through here, never with a traceback."""
+    if isinstance(exc, ValidationException):
+        # SPEC §1.3: validation errors are 422 (Litestar's default is 400) and keep the per-field list in `extra`.
+        return error_response(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail, extra=exc.extra or [], headers=exc.headers)
+    if isinstance(exc, HTTPException) and exc.status_code < HTTP_500_INTERNAL_SERVER_ERROR:
+        headers = dict(exc.headers or {})
+        if exc.status_code == HTTP_401_UNAUTHORIZED:
+            headers.setdefault("WWW-Authenticate", "Bearer")
+        return error_response(exc.status_code, exc.detail, headers=headers)
+    if isinstance(exc, HTTPException) and exc.status_code != HTTP_500_INTERNAL_SERVER_ERROR:
+        return error_response(exc.status_code, exc.detail, headers=exc.headers)
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        logger.error("dependency unavailable", error=type(exc).__name__, path=request.url.path)
+        return error_response(HTTP_503_SERVICE_UNAVAILABLE, SERVICE_UNAVAILABLE, headers={"Retry-After": "5"})
+    logger.exception("unhandled error", path=request.url.path, method=request.method)
+    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, INTERNAL_SERVER_ERROR)

@@ -1,0 +1,138 @@
+"""Structured logging (SPEC §11): structlog for the app, the standard library routed through the same processors."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from collections.abc import MutableMapping
+from time import perf_counter
+from typing import Any
+
+import structlog
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.settings import Settings
+
+LOG_FILE_MAX_BYTES = 10 * 1024 * 1024
+LOG_FILE_BACKUPS = 5
+
+# Never logged (SPEC §11): values under these keys are replaced wherever they appear in an event.
+_SECRET_KEYS = frozenset(
+    {
+        "password",
+        "hashed_password",
+        "token",
+        "access_token",
+        "refresh_token",
+        "authorization",
+        "cookie",
+        "set-cookie",
+        "secret_key",
+    }
+)
+
+access_logger = structlog.get_logger("app.access")
+
+
+def _redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in _SECRET_KEYS.intersection(event):
+        event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(settings: Settings) -> None:
+    """Idempotent: the app factory, the CLI and the worker all call it."""
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.PositionalArgumentsFormatter(),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact_secrets,
+    ]
+    json_renderer = structlog.processors.JSONRenderer()
+    console_renderer: structlog.types.Processor = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if settings.app.environment == "local"
+        else json_renderer
+    )
+
+    def formatter(renderer: structlog.types.Processor) -> logging.Formatter:
+        return structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(formatter(console_renderer))
+    handlers: list[logging.Handler] = [console]
+    if settings.log.file_path is not None:
+        settings.log.file_path.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.handlers.RotatingFileHandler(
+            settings.log.file_path,
+            maxBytes=LOG_FILE_MAX_BYTES,
+            backupCount=LOG_FILE_BACKUPS,
+            encoding="utf-8",
+        )
+        file_handler.setFormatter(formatter(json_renderer))
+        handlers.append(file_handler)
+
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+        handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(settings.log.level)
+    # SQL statements only when asked for (DB__ECHO); bound parameters are hidden by the engine config.
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO if settings.db.echo else logging.WARNING)
+    for noisy in ("granian.access", "httpx", "aiosqlite", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+class AccessLog:
+    """One event per request (SPEC §11); wraps the router so unknown routes (404/405) are logged too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        started = perf_counter()
+        status_code = 500
+
+        async def capture_status(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture_status)
+        finally:
+            client = scope.get("client")
+            user = scope.get("user")
+            access_logger.info(
+                "request",
+                method=scope.get("method"),
+                path=scope["path"],
+                status_code=status_code,
+                duration_ms=round((perf_counter() - started) * 1000, 2),
+                client=client[0] if client else None,
+                **({"user_id": user.id} if user is not None else {}),
+            )

@@ -1,0 +1,248 @@
+"""Application settings (SPEC §9).
+
+Sources, highest first: the process environment, then ``src/.env``, then the defaults below.
+Every field names the environment variable(s) it is read from; the first name found wins,
+which is how aliases (``LICENSE``) and fallbacks (``REDIS_CACHE_HOST`` → ``REDIS_CLIENT_HOST``) work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, get_type_hints
+from urllib.parse import quote
+
+import msgspec
+from dotenv import dotenv_values
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+ENV_FILE = PROJECT_ROOT / "src" / ".env"
+
+Environment = Literal["local", "staging", "production"]
+Algorithm = Literal["RS256", "RS384", "RS512", "HS256", "HS384", "HS512"]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+RedisDatabase = Annotated[int, msgspec.Meta(ge=0, le=15)]
+
+# SPEC §9.3: any of these in the process environment means "use real services".
+_SERVICE_VARIABLES = (
+    "POSTGRES_SERVER",
+    "REDIS_CLIENT_HOST",
+    "REDIS_CACHE_HOST",
+    "REDIS_QUEUE_HOST",
+    "REDIS_RATE_LIMIT_HOST",
+)
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A variable has an invalid value; the message names it."""
+
+
+def env(*names: str, default: Any = None) -> Any:
+    """Declare a setting read from the first of ``names`` present (``{purpose}`` is filled in per group)."""
+    return field(default=default, metadata={"env": names})
+
+
+@dataclass(frozen=True, slots=True)
+class AppSettings:
+    name: str = env("APP_NAME", default="Litestar app")
+    description: str | None = env("APP_DESCRIPTION")
+    version: str = env("APP_VERSION", default="0.1.0")
+    contact_name: str | None = env("CONTACT_NAME")
+    contact_email: str | None = env("CONTACT_EMAIL")
+    license_name: str | None = env("LICENSE_NAME", "LICENSE")
+    environment: Environment = env("ENVIRONMENT", default="local")
+    client_cache_max_age: NonNegativeInt = env("CLIENT_CACHE_MAX_AGE", default=30)
+    forwarded_allow_ips: str = env("FORWARDED_ALLOW_IPS", default="127.0.0.1")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = env("RUN__HOST", default="0.0.0.0")  # noqa: S104 - a container must listen on all interfaces
+    port: Port = env("RUN__PORT", default=8000)
+    workers: PositiveInt = env("GRANIAN__WORKERS", "GUNICORN__WORKERS", "GUNICORN_WORKERS", default=1)
+    timeout: PositiveInt = env("GRANIAN__TIMEOUT", "GUNICORN__TIMEOUT", default=900)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    echo: bool = env("DB__ECHO", default=False)
+    create_tables_on_start: bool = env("DB__CREATE_TABLES_ON_START", default=True)
+    user: str = env("POSTGRES_USER", default="postgres")
+    password: str = env("POSTGRES_PASSWORD", default="postgres")
+    server: str = env("POSTGRES_SERVER", default="localhost")
+    port: Port = env("POSTGRES_PORT", default=5432)
+    name: str = env("POSTGRES_DB", default="postgres")
+    pool_size: PositiveInt = env("DB__POOL_SIZE", default=10)
+    max_overflow: NonNegativeInt = env("DB__MAX_OVERFLOW", default=10)
+    # Seconds to wait for a connection before the request fails with 503 instead of hanging.
+    connect_timeout: PositiveInt = env("DB__CONNECT_TIMEOUT", default=5)
+    # SPEC §9.3: the SQLite file of embedded mode, in a git-ignored folder.
+    embedded_path: Path = env("EMBEDDED_DATABASE_PATH", default=PROJECT_ROOT / "src/.embedded/app.sqlite3")
+
+    @property
+    def postgres_url(self) -> str:
+        credentials = f"{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+        return f"postgresql+asyncpg://{credentials}@{self.server}:{self.port}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """One Redis connection; ``{purpose}`` is CLIENT, CACHE, QUEUE or RATE_LIMIT (SPEC §9.2)."""
+
+    host: str = env("REDIS_{purpose}_HOST", "REDIS_CLIENT_HOST", default="localhost")
+    port: Port = env("REDIS_{purpose}_PORT", "REDIS_CLIENT_PORT", default=6379)
+    db: RedisDatabase = env("REDIS_{purpose}_DB", "REDIS_CLIENT_DB", default=0)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/{self.db}"
+
+
+@dataclass(frozen=True, slots=True)
+class JWTSettings:
+    algorithm: Algorithm = env("ALGORITHM", default="RS256")
+    access_token_expire_minutes: PositiveInt = env("ACCESS_TOKEN_EXPIRE_MINUTES", default=30)
+    refresh_token_expire_days: PositiveInt = env("REFRESH_TOKEN_EXPIRE_DAYS", default=7)
+    token_type_field: str = env("TOKEN_TYPE_FIELD", default="type")
+    access_token_type: str = env("ACCESS_TOKEN_TYPE", default="access")
+    refresh_token_type: str = env("REFRESH_TOKEN_TYPE", default="refresh")
+    secret_key: str | None = env("SECRET_KEY")
+    private_key_path: Path = env("JWT_PRIVATE_KEY_PATH", default=PROJECT_ROOT / "src/certs/jwt-private.pem")
+    public_key_path: Path = env("JWT_PUBLIC_KEY_PATH", default=PROJECT_ROOT / "src/certs/jwt-public.pem")
+
+    @property
+    def uses_key_pair(self) -> bool:
+        return self.algorithm.startswith("RS")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    default_limit: NonNegativeInt = env("DEFAULT_RATE_LIMIT_LIMIT", default=1)
+    default_period: PositiveInt = env("DEFAULT_RATE_LIMIT_PERIOD", default=60)
+
+
+@dataclass(frozen=True, slots=True)
+class FirstRunSettings:
+    """Inputs of ``litestar users create-superuser`` and ``litestar tiers create`` (SPEC §12.2)."""
+
+    admin_name: str = env("ADMIN_NAME", default="admin")
+    admin_email: str = env("ADMIN_EMAIL", default="admin@admin.com")
+    admin_username: str = env("ADMIN_USERNAME", default="admin")
+    admin_password: str = env("ADMIN_PASSWORD", default="!Ch4ng3Th1sP4ssW0rd!")
+    tier_name: str = env("TIER_NAME", default="free")
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = env("LOG_LEVEL", default="INFO")
+    file_path: Path | None = env("LOG_FILE_PATH", default=PROJECT_ROOT / "src/app/logs/app.log")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    app: AppSettings
+    server: ServerSettings
+    db: DatabaseSettings
+    redis: RedisSettings
+    redis_cache: RedisSettings
+    redis_queue: RedisSettings
+    redis_rate_limit: RedisSettings
+    jwt: JWTSettings
+    rate_limit: RateLimitSettings
+    first_run: FirstRunSettings
+    log: LogSettings
+    embedded: bool
+
+    @property
+    def database_url(self) -> str:
+        if self.embedded:
+            return f"sqlite+aiosqlite:///{self.db.embedded_path}"
+        return self.db.postgres_url
+
+    @property
+    def is_production(self) -> bool:
+        return self.app.environment == "production"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, env_file: Path | None = ENV_FILE) -> Settings:
+        """Read the settings; raise ``SettingsError`` naming the first invalid variable."""
+        process = dict(os.environ if environ is None else environ)
+        file_values = _read_env_file(env_file)
+        source = {**file_values, **process}
+        settings = cls(
+            app=_load(AppSettings, source),
+            server=_load(ServerSettings, source),
+            db=_load(DatabaseSettings, source),
+            redis=_load(RedisSettings, source, purpose="CLIENT"),
+            redis_cache=_load(RedisSettings, source, purpose="CACHE"),
+            redis_queue=_load(RedisSettings, source, purpose="QUEUE"),
+            redis_rate_limit=_load(RedisSettings, source, purpose="RATE_LIMIT"),
+            jwt=_load(JWTSettings, source),
+            rate_limit=_load(RateLimitSettings, source),
+            first_run=_load(FirstRunSettings, source),
+            log=_load(LogSettings, source),
+            embedded=_embedded_mode(source, process, env_file_exists=bool(env_file and env_file.is_file())),
+        )
+        _check_consistency(settings)
+        return settings
+
+
+def _read_env_file(path: Path | None) -> dict[str, str]:
+    if path is None or not path.is_file():
+        return {}
+    return {key: value for key, value in dotenv_values(path).items() if value is not None}
+
+
+def _load(group: type[T], source: Mapping[str, str], purpose: str = "") -> T:
+    hints = get_type_hints(group, include_extras=True)
+    values: dict[str, Any] = {}
+    for spec in fields(group):  # type: ignore[arg-type]
+        names = dict.fromkeys(name.format(purpose=purpose) for name in spec.metadata["env"])
+        name = next((n for n in names if n in source), None)
+        if name is not None:
+            values[spec.name] = _convert(name, source[name], hints[spec.name])
+    return group(**values)
+
+
+def _convert(name: str, raw: str, annotation: Any) -> Any:
+    value: Any = raw.strip()
+    if value == "":
+        # An empty value means "unset" for optional text and paths (e.g. LOG_FILE_PATH= disables the file).
+        if type(None) in getattr(annotation, "__args__", ()):
+            return None
+        if annotation is not str:
+            raise SettingsError(f"Invalid value for {name}: it must not be empty")
+    if annotation is bool:
+        lowered = value.lower()
+        if lowered not in _TRUE | _FALSE:
+            raise SettingsError(f"Invalid value for {name}: {raw!r} is not a boolean (use true/false/1/0/yes/no)")
+        return lowered in _TRUE
+    if annotation in (Path, Path | None):
+        # SPEC §3.3: paths are relative to the project root, not the working directory.
+        return PROJECT_ROOT / value
+    try:
+        return msgspec.convert(value, annotation, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"Invalid value for {name}: {raw!r} ({exc})") from None
+
+
+def _embedded_mode(source: Mapping[str, str], process: Mapping[str, str], *, env_file_exists: bool) -> bool:
+    if "EMBEDDED" in source and source["EMBEDDED"].strip():
+        return bool(_convert("EMBEDDED", source["EMBEDDED"], bool))
+    return not env_file_exists and not any(name in process for name in _SERVICE_VARIABLES)
+
+
+def _check_consistency(settings: Settings) -> None:
+    jwt = settings.jwt
+    if jwt.access_token_type == jwt.refresh_token_type:
+        raise SettingsError("Invalid value for REFRESH_TOKEN_TYPE: it must differ from ACCESS_TOKEN_TYPE")
+    if not jwt.uses_key_pair and not jwt.secret_key:
+        raise SettingsError(f"Invalid value for SECRET_KEY: it is required when ALGORITHM={jwt.algorithm}")

@@ -1,0 +1,55 @@
+"""Request and response bodies of the user routes (SPEC §2.7, §4.3)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+# SPEC §4.1 [Δ]: static path segments win over {username}, so these can never be usernames.
+RESERVED_USERNAMES = frozenset(
+    {"me", "user", "users", "tier", "tiers", "tasks", "login", "logout", "refresh", "health"}
+)
+
+_EMAIL_PATTERN = (
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
+URL_PATTERN = r"^(https?|ftp)://[^\s/$.?#].[^\s]*$"
+
+Name = Annotated[str, msgspec.Meta(min_length=2, max_length=30, examples=["User Userson"])]
+Username = Annotated[str, msgspec.Meta(min_length=2, max_length=20, pattern=r"^[a-z0-9]+$", examples=["userson"])]
+Email = Annotated[str, msgspec.Meta(max_length=50, pattern=_EMAIL_PATTERN, examples=["user.userson@example.com"])]
+Password = Annotated[str, msgspec.Meta(min_length=8, max_length=128, examples=["Str1ngst!"])]
+ImageUrl = Annotated[str, msgspec.Meta(pattern=URL_PATTERN, examples=["https://www.profileimageurl.com"])]
+
+
+def normalize_email(email: str) -> str:
+    """Emails are stored and looked up with the domain part lowercased (SPEC §4.2, §4.3)."""
+    local, _, domain = email.rpartition("@")
+    return f"{local}@{domain.lower()}" if local else email
+
+
+class UserCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
+    username: Username
+    email: Email
+    password: Password
+
+
+class UserUpdate(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Every field optional; ``null`` is rejected because all four columns are NOT NULL (SPEC §4.3 U5)."""
+
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    username: Username | msgspec.UnsetType = msgspec.UNSET
+    email: Email | msgspec.UnsetType = msgspec.UNSET
+    profile_image_url: ImageUrl | msgspec.UnsetType = msgspec.UNSET
+
+
+class UserRead(msgspec.Struct):
+    id: int
+    name: str
+    username: str
+    email: str
+    profile_image_url: str
+    tier_id: int | None

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.tiers.models import Tier
+from app.users.models import User
+
+pytestmark = pytest.mark.anyio
+
+LITESTAR = str(Path(sys.executable).parent / "litestar")
+
+
+def litestar(env: dict[str, str], root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - fixed arguments
+        [LITESTAR, "--app", "app.main:app", *args],
+        env={**os.environ, **env, "LOG_FILE_PATH": ""},
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_create_superuser_is_idempotent(
+    test_env: dict[str, str], project_root: Path, db_session: AsyncSession
+) -> None:
+    env = {**test_env, "ADMIN_USERNAME": "boss", "ADMIN_EMAIL": "Boss@Example.COM", "ADMIN_NAME": "The Boss"}
+    first = litestar(env, project_root, "users", "create-superuser")
+    assert first.returncode == 0, first.stderr
+    assert "Admin user boss created successfully." in first.stderr
+
+    second = litestar(env, project_root, "users", "create-superuser")
+    assert second.returncode == 0, second.stderr
+    assert "Admin user boss already exists." in second.stderr
+
+    users = (await db_session.scalars(select(User))).all()
+    assert len(users) == 1
+    admin = users[0]
+    assert (admin.username, admin.email, admin.name) == ("boss", "Boss@example.com", "The Boss")
+    assert admin.is_superuser is True
+    assert admin.tier_id is None
+    assert admin.hashed_password.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+
+
+async def test_create_superuser_treats_a_username_clash_as_existing(
+    test_env: dict[str, str], project_root: Path, db_session: AsyncSession
+) -> None:
+    assert litestar(test_env, project_root, "users", "create-superuser").returncode == 0
+    clash = litestar(test_env, project_root, "users", "create-superuser", "--email", "other@example.com")
+    assert clash.returncode == 0, clash.stderr
+    assert "Admin user admin already exists." in clash.stderr
+    assert len((await db_session.scalars(select(User))).all()) == 1
+
+
+def test_create_superuser_options_override_and_bad_input_exits_1(test_env: dict[str, str], project_root: Path) -> None:
+    result = litestar(test_env, project_root, "users", "create-superuser", "--username", "ab", "--password", "short")
+    assert result.returncode == 1
+    assert "Error creating admin user:" in result.stderr
+    assert "password" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_create_superuser_without_a_database_exits_1(test_env: dict[str, str], project_root: Path) -> None:
+    result = litestar(
+        {**test_env, "POSTGRES_DB": "database_that_does_not_exist"}, project_root, "users", "create-superuser"
+    )
+    assert result.returncode == 1
+    assert "Error creating admin user:" in result.stderr
+
+
+async def test_create_tier_is_idempotent(
+    test_env: dict[str, str], project_root: Path, db_session: AsyncSession
+) -> None:
+    first = litestar(test_env, project_root, "tiers", "create")
+    assert first.returncode == 0, first.stderr
+    assert "Tier 'free' created successfully." in first.stderr
+    second = litestar(test_env, project_root, "tiers", "create")
+    assert second.returncode == 0, second.stderr
+    assert "Tier 'free' already exists." in second.stderr
+
+    named = litestar(test_env, project_root, "tiers", "create", "--name", "pro")
+    assert "Tier 'pro' created successfully." in named.stderr
+    assert sorted((await db_session.scalars(select(Tier.name))).all()) == ["free", "pro"]
+
+
+def test_create_tier_with_an_empty_name_exits_1(test_env: dict[str, str], project_root: Path) -> None:
+    result = litestar({**test_env, "TIER_NAME": " "}, project_root, "tiers", "create")
+    assert result.returncode == 1
+    assert "Error creating tier:" in result.stderr

@@ -1,0 +1,60 @@
+"""Smoke test of the README's first command in embedded mode: no PostgreSQL, no Redis, only Python."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_embedded_mode_serves_health_and_docs(test_env: dict[str, str], project_root: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("POSTGRES_", "REDIS_"))}
+    env |= {
+        "RUN__HOST": "127.0.0.1",
+        "RUN__PORT": str(port),
+        "EMBEDDED_DATABASE_PATH": str(tmp_path / "embedded.sqlite3"),
+        "JWT_PRIVATE_KEY_PATH": test_env["JWT_PRIVATE_KEY_PATH"],
+        "JWT_PUBLIC_KEY_PATH": test_env["JWT_PUBLIC_KEY_PATH"],
+        "LOG_FILE_PATH": "",
+        "ENVIRONMENT": "local",
+        # Forced, so a developer's src/.env cannot switch the smoke test to PostgreSQL (selection is unit-tested).
+        "EMBEDDED": "true",
+    }
+    log = tmp_path / "server.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "app"], env=env, cwd=project_root, stdout=output, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 60
+            health = None
+            while time.monotonic() < deadline and server.poll() is None:
+                try:
+                    health = httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2)
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            assert health is not None, log.read_text()
+            assert health.status_code == 200
+            assert httpx.get(f"http://127.0.0.1:{port}/docs", timeout=5).status_code == 200
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    output_text = log.read_text()
+    embedded_lines = [line for line in output_text.splitlines() if "embedded mode" in line]
+    assert len(embedded_lines) == 1, output_text
+    assert "src/.env.example" in embedded_lines[0]
+    assert (tmp_path / "embedded.sqlite3").is_file()
