@@ -10,12 +10,18 @@ import sys
 from granian import Granian
 from granian.constants import Interfaces
 
-from app.core.settings import PROJECT_ROOT
+from app.core.security import load_signing_keys
+from app.core.settings import PROJECT_ROOT, SettingsError
 from app.main import load_settings
 
 
 def main() -> None:
     settings = load_settings()
+    try:
+        load_signing_keys(settings.jwt)  # fail here, once, rather than in every Granian worker
+    except SettingsError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        raise SystemExit(1) from None
     reload = "--reload" in sys.argv[1:]
     Granian(
         "app.main:app",

@@ -13,15 +13,19 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar_granian import GranianPlugin
 
+from app.auth.controllers import AuthController
+from app.auth.services import request_user_loader
 from app.cli import FirstRunCLIPlugin
 from app.core.client_cache import client_cache_headers
 from app.core.db import build_alchemy_config
 from app.core.embedded import embedded_lifespan
 from app.core.errors import exception_to_response
 from app.core.logging import AccessLog, configure_logging
-from app.core.openapi import docs_router, openapi_config
+from app.core.openapi import docs_gate, docs_router, openapi_config
+from app.core.security import OPENAPI_COMPONENTS, TokenCodec, build_jwt_auth, load_signing_keys
 from app.core.settings import Settings, SettingsError
 from app.system.controllers import SystemController
+from app.users.controllers import UserController
 
 logger = structlog.get_logger("app")
 
@@ -42,21 +46,29 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
     configure_logging(settings)
     alchemy = build_alchemy_config(settings)
+    codec = TokenCodec(settings.jwt, load_signing_keys(settings.jwt))
+    auth = build_jwt_auth(codec, request_user_loader(alchemy))
 
-    api_v1 = Router("/api/v1", route_handlers=[SystemController])
-    route_handlers: list[Any] = [api_v1]
-    if not settings.is_production:
-        route_handlers.append(docs_router(guards=[], opt={}))
+    api_v1 = Router("/api/v1", route_handlers=[SystemController, AuthController, UserController])
+    api_auth = Router("/api/auth", route_handlers=[AuthController])
+    route_handlers: list[Any] = [api_v1, api_auth]
+    docs_access = docs_gate(settings)
+    if docs_access is not None:
+        route_handlers.append(docs_router(docs_access))
 
     app = Litestar(
         route_handlers=route_handlers,
         plugins=[SQLAlchemyPlugin(config=alchemy), GranianPlugin(), FirstRunCLIPlugin()],
+        middleware=[auth.middleware],
         state=State({"settings": settings, "alchemy": alchemy}),
-        dependencies={"settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False)},
+        dependencies={
+            "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
+            "token_codec": Provide(lambda: codec, use_cache=True, sync_to_thread=False),
+        },
         lifespan=[embedded_lifespan] if settings.embedded else [],
         exception_handlers={Exception: exception_to_response},
         before_send=[client_cache_headers(settings.app.client_cache_max_age)],
-        openapi_config=openapi_config(settings),
+        openapi_config=openapi_config(settings, docs_access, components=OPENAPI_COMPONENTS),
         request_max_body_size=REQUEST_MAX_BODY_SIZE,
         logging_config=None,
         debug=False,
@@ -67,7 +79,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
 @cache
 def _default_app() -> Litestar:
-    return create_app()
+    try:
+        return create_app()
+    except SettingsError as exc:  # e.g. a JWT key that cannot be read: one line, no traceback
+        print(f"Configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        raise SystemExit(1) from None
 
 
 def __getattr__(name: str) -> Any:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import structlog
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import ClientException, HTTPException, ValidationException
 from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
     HTTP_401_UNAUTHORIZED,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
@@ -19,6 +21,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 logger = structlog.get_logger("app.errors")
+_FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`")
 
 # Fixed texts shared by many routes (SPEC §1.3).
 NOT_AUTHENTICATED = "Not authenticated"
@@ -50,11 +53,35 @@ def error_response(
     return Response(body, status_code=status_code, headers=headers, media_type=MediaType.JSON)
 
 
+def validation_failed(request: Request[Any, Any, Any], extra: list[dict[str, Any]]) -> ValidationException:
+    return ValidationException(f"Validation failed for {request.method} {request.url.path}", extra=extra)
+
+
+def field_named_in(message: str) -> str | None:
+    """The field of msgspec's "missing required field `x`" / "unknown field `x`" messages."""
+    named = _FIELD_IN_MESSAGE.search(message)
+    return named.group(1) if named else None
+
+
+def _name_body_fields(extra: Any) -> Any:
+    """msgspec reports a missing or unknown body field under the key ``data``; name the field instead."""
+    if isinstance(extra, list):
+        for item in extra:
+            if isinstance(item, dict) and item.get("key") == "data":
+                item["key"] = field_named_in(str(item.get("message", ""))) or "body"
+    return extra
+
+
 def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """The single exception handler of the app: every error leaves through here, never with a traceback."""
     if isinstance(exc, ValidationException):
         # SPEC §1.3: validation errors are 422 (Litestar's default is 400) and keep the per-field list in `extra`.
-        return error_response(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail, extra=exc.extra or [], headers=exc.headers)
+        extra = _name_body_fields(exc.extra or [])
+        return error_response(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail, extra=extra, headers=exc.headers)
+    if isinstance(exc, HTTPException) and exc.status_code == HTTP_400_BAD_REQUEST:
+        # Litestar's other 400s are unparseable requests (malformed JSON, broken multipart): validation errors too.
+        extra = [{"message": exc.detail, "key": "body", "source": "body"}]
+        return exception_to_response(request, validation_failed(request, extra))
     if isinstance(exc, HTTPException) and exc.status_code < HTTP_500_INTERNAL_SERVER_ERROR:
         headers = dict(exc.headers or {})
         if exc.status_code == HTTP_401_UNAUTHORIZED:
@@ -67,3 +94,9 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
         return error_response(HTTP_503_SERVICE_UNAVAILABLE, SERVICE_UNAVAILABLE, headers={"Retry-After": "5"})
     logger.exception("unhandled error", path=request.url.path, method=request.method)
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, INTERNAL_SERVER_ERROR)
+
+
+class UnprocessableError(ClientException):
+    """A 422 raised by a business rule (duplicate email, taken name…): no ``extra`` key, unlike validation errors."""
+
+    status_code = HTTP_422_UNPROCESSABLE_ENTITY

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import MediaType, Request, Router, get
+from litestar.datastructures import CacheControlHeader
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Components, Contact, License, SecurityRequirement
+from litestar.openapi.spec import Components, Contact, License
 from litestar.types import Guard
 
+from app.core.guards import requires_superuser
 from app.core.settings import Settings
 
 DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
@@ -20,7 +23,25 @@ def _schema(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return request.app.openapi_schema.to_schema()
 
 
-def docs_router(guards: Sequence[Guard], opt: dict[str, Any]) -> Router:
+@dataclass(frozen=True, slots=True)
+class DocsAccess:
+    """Who may read the docs: everyone (local) or superusers (staging); production has no docs at all."""
+
+    guards: Sequence[Guard]
+    opt: dict[str, Any]
+    cache_control: CacheControlHeader | None
+
+
+def docs_gate(settings: Settings) -> DocsAccess | None:
+    if settings.is_production:
+        return None
+    if settings.app.environment == "staging":
+        # SPEC §8: a superuser's bearer token; every docs response is `no-store`.
+        return DocsAccess(guards=[requires_superuser], opt={}, cache_control=CacheControlHeader(no_store=True))
+    return DocsAccess(guards=[], opt={"exclude_from_auth": True}, cache_control=None)
+
+
+def docs_router(access: DocsAccess) -> Router:
     # Both UIs embed the schema in the page, so they work wherever the page itself is allowed.
     swagger = SwaggerRenderPlugin()
     redoc = RedocRenderPlugin()
@@ -38,19 +59,18 @@ def docs_router(guards: Sequence[Guard], opt: dict[str, Any]) -> Router:
     def openapi_json(request: Request[Any, Any, Any]) -> bytes:
         return json.render(request, _schema(request))
 
-    return Router("/", route_handlers=[swagger_ui, redoc_ui, openapi_json], guards=list(guards), opt=opt)
+    return Router(
+        "/",
+        route_handlers=[swagger_ui, redoc_ui, openapi_json],
+        guards=list(access.guards),
+        opt=access.opt,
+        cache_control=access.cache_control,
+    )
 
 
-def openapi_config(
-    settings: Settings,
-    *,
-    guards: Sequence[Guard] = (),
-    opt: dict[str, Any] | None = None,
-    components: Components | None = None,
-    security: list[SecurityRequirement] | None = None,
-) -> OpenAPIConfig | None:
+def openapi_config(settings: Settings, access: DocsAccess | None, *, components: Components) -> OpenAPIConfig | None:
     """``None`` in production: no schema and no docs routes at all, so they answer 404."""
-    if settings.is_production:
+    if access is None:
         return None
     app = settings.app
     return OpenAPIConfig(
@@ -61,10 +81,15 @@ def openapi_config(
         if app.contact_name or app.contact_email
         else None,
         license=License(name=app.license_name) if app.license_name else None,
-        components=components or Components(),
-        security=security,
+        components=components,
         use_handler_docstrings=True,
         # Litestar's own /schema routes (allowed by SPEC §8) follow the same gate as /docs.
-        openapi_router=Router("/schema", route_handlers=[], guards=list(guards), opt=opt or {}),
+        openapi_router=Router(
+            "/schema",
+            route_handlers=[],
+            guards=list(access.guards),
+            opt=access.opt,
+            cache_control=access.cache_control,
+        ),
         render_plugins=[JsonRenderPlugin(), SwaggerRenderPlugin(), RedocRenderPlugin()],
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import msgspec
+
+from app.tiers.schemas import RateLimitRead
 
 # SPEC §4.1 [Δ]: static path segments win over {username}, so these can never be usernames.
 RESERVED_USERNAMES = frozenset(
@@ -37,13 +40,17 @@ class UserCreate(msgspec.Struct, forbid_unknown_fields=True):
     password: Password
 
 
-class UserUpdate(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+class UserUpdate(msgspec.Struct, forbid_unknown_fields=True):
     """Every field optional; ``null`` is rejected because all four columns are NOT NULL (SPEC §4.3 U5)."""
 
     name: Name | msgspec.UnsetType = msgspec.UNSET
     username: Username | msgspec.UnsetType = msgspec.UNSET
     email: Email | msgspec.UnsetType = msgspec.UNSET
     profile_image_url: ImageUrl | msgspec.UnsetType = msgspec.UNSET
+
+    def to_dict(self) -> dict[str, str]:
+        """Only the fields the client sent."""
+        return {name: value for name in self.__struct_fields__ if (value := getattr(self, name)) is not msgspec.UNSET}
 
 
 class UserRead(msgspec.Struct):
@@ -53,3 +60,30 @@ class UserRead(msgspec.Struct):
     email: str
     profile_image_url: str
     tier_id: int | None
+
+
+class UserTierUpdate(msgspec.Struct):
+    """Unknown fields are ignored here (parity, SPEC §4.3 U10)."""
+
+    tier_id: int
+
+
+class UserRateLimits(msgspec.Struct):
+    id: int
+    name: str
+    username: str
+    email: str
+    profile_image_url: str
+    tier_id: int | None
+    tier_rate_limits: list[RateLimitRead]
+
+
+class UserTier(msgspec.Struct):
+    id: int
+    name: str
+    username: str
+    email: str
+    profile_image_url: str
+    tier_id: int | None
+    tier_name: str | None
+    tier_created_at: datetime | None

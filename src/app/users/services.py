@@ -1,14 +1,28 @@
-"""User business rules: uniqueness, password hashing, soft delete (SPEC §4.3)."""
+"""User business rules: uniqueness, password hashing, soft and hard delete, tiers (SPEC §4.3)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from advanced_alchemy.exceptions import IntegrityError as RepositoryIntegrityError
+from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from litestar.exceptions import NotFoundException
 from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
 
+from app.core.db import utc_now
+from app.core.errors import UnprocessableError
 from app.core.passwords import hash_password
+from app.tiers.models import RateLimit, Tier
 from app.users.models import User
-from app.users.schemas import RESERVED_USERNAMES, UserCreate, normalize_email
+from app.users.schemas import RESERVED_USERNAMES, UserCreate, UserUpdate, normalize_email
+
+USER_NOT_FOUND = "User not found"
+TIER_NOT_FOUND = "Tier not found"
+EMAIL_TAKEN = "Email is already registered"
+USERNAME_TAKEN = "Username not available"
 
 
 class UserService(SQLAlchemyAsyncRepositoryService[User]):
@@ -17,8 +31,29 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
 
     repository_type = Repo
 
+    async def get_by_username(self, username: str, *, include_deleted: bool = False) -> User:
+        filters = {"username": username} if include_deleted else {"username": username, "is_deleted": False}
+        user = await self.get_one_or_none(**filters)
+        if user is None:
+            raise NotFoundException(USER_NOT_FOUND)
+        return user
+
+    async def get_for_login(self, username_or_email: str) -> User | None:
+        """SPEC §4.2 A1: an ``@`` means email (domain lowercased); soft-deleted users cannot log in."""
+        if "@" in username_or_email:
+            return await self.get_one_or_none(email=normalize_email(username_or_email), is_deleted=False)
+        return await self.get_one_or_none(username=username_or_email, is_deleted=False)
+
+    async def list_active(self, page: int, items_per_page: int) -> tuple[list[User], int]:
+        users, total = await self.list_and_count(
+            LimitOffset(limit=items_per_page, offset=(page - 1) * items_per_page),
+            OrderBy(field_name="id", sort_order="asc"),
+            is_deleted=False,
+        )
+        return list(users), total
+
     async def email_taken(self, email: str) -> bool:
-        """Soft-deleted users keep their email (SPEC §2.6)."""
+        """Soft-deleted users keep their email and username (SPEC §2.6)."""
         return await self.exists(email=normalize_email(email))
 
     async def username_available(self, username: str) -> bool:
@@ -29,6 +64,10 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
         return await self.get_one_or_none(statement=statement)
 
     async def register(self, data: UserCreate, *, is_superuser: bool = False) -> User:
+        if await self.email_taken(data.email):
+            raise UnprocessableError(EMAIL_TAKEN)
+        if not await self.username_available(data.username):
+            raise UnprocessableError(USERNAME_TAKEN)
         user = User(
             name=data.name,
             username=data.username,
@@ -36,4 +75,65 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
             hashed_password=await hash_password(data.password),
             is_superuser=is_superuser,
         )
-        return await self.create(user)
+        await self._save_unique(lambda: self.repository.session.add(user), email=user.email)
+        return user
+
+    async def update_profile(self, user: User, data: UserUpdate) -> None:
+        """Only fields that are present and changed are checked for uniqueness (SPEC §4.3 U5)."""
+        changes = data.to_dict()
+        renamed = "username" in changes and changes["username"] != user.username
+        if renamed and not await self.username_available(changes["username"]):
+            raise UnprocessableError(USERNAME_TAKEN)
+        if "email" in changes:
+            changes["email"] = normalize_email(changes["email"])
+            if changes["email"] != user.email and await self.email_taken(changes["email"]):
+                raise UnprocessableError(EMAIL_TAKEN)
+
+        def apply() -> None:
+            for name, value in changes.items():
+                setattr(user, name, value)
+            user.updated_at = utc_now()
+
+        await self._save_unique(apply, email=changes.get("email"))
+
+    async def soft_delete(self, user: User) -> None:
+        user.mark_deleted()
+        await self.repository.session.flush()
+
+    async def hard_delete(self, user: User) -> None:
+        """The user's posts go with the row (ON DELETE CASCADE)."""
+        await self.delete(user.id)
+
+    async def tier_of(self, user: User) -> Tier | None:
+        if user.tier_id is None:
+            return None
+        tier: Tier | None = await self.repository.session.get(Tier, user.tier_id)
+        return tier
+
+    async def rate_limits_of(self, user: User) -> list[RateLimit]:
+        if user.tier_id is None:
+            return []
+        statement = select(RateLimit).where(RateLimit.tier_id == user.tier_id).order_by(RateLimit.id)
+        return list((await self.repository.session.scalars(statement)).all())
+
+    async def set_tier(self, user: User, tier_id: int) -> None:
+        if await self.repository.session.get(Tier, tier_id) is None:
+            raise NotFoundException(TIER_NOT_FOUND)
+        user.tier_id = tier_id
+        user.updated_at = utc_now()
+        await self.repository.session.flush()
+
+    async def _save_unique(self, apply: Callable[[], None], *, email: str | None) -> None:
+        """SPEC §1.3: a unique violation from a concurrent request answers the same 422 as the pre-check.
+
+        The change is applied inside a savepoint, so the violation leaves the request's transaction usable.
+        """
+        session = self.repository.session
+        try:
+            async with session.begin_nested():
+                apply()
+                await session.flush()
+        except (IntegrityError, RepositoryIntegrityError):
+            if email is not None and await self.email_taken(email):
+                raise UnprocessableError(EMAIL_TAKEN) from None
+            raise UnprocessableError(USERNAME_TAKEN) from None

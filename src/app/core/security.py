@@ -1,0 +1,201 @@
+"""JWT authentication (SPEC §3): RS256 by default, Litestar's ``JWTAuth`` with a bearer-only middleware.
+
+A token is accepted as type *T* when (§3.5) it is not blacklisted, its signature verifies under the one
+configured algorithm, ``exp`` is in the future, ``sub`` is present, its type claim equals *T*, and its user
+exists and is not soft-deleted. The signature/claim checks live here; the blacklist and user checks are one
+query supplied by the auth feature (``load_user``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, Self
+from uuid import uuid4
+
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+from litestar.connection import ASGIConnection
+from litestar.exceptions import ImproperlyConfiguredException, NotAuthorizedException
+from litestar.middleware.authentication import AuthenticationResult
+from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityRequirement, SecurityScheme
+from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
+
+from app.core.errors import NOT_AUTHENTICATED, USER_NOT_AUTHENTICATED
+from app.core.settings import JWTSettings, SettingsError
+
+TokenKind = Literal["access", "refresh"]
+
+SECURITY_SCHEME = "OAuth2PasswordBearer"
+# Marks user/owner/superuser routes in the OpenAPI document, so Swagger's "Authorize" applies to them.
+BEARER: list[SecurityRequirement] = [{SECURITY_SCHEME: []}]
+OPENAPI_COMPONENTS = Components(
+    security_schemes={
+        SECURITY_SCHEME: SecurityScheme(
+            type="oauth2",
+            description="Log in at /api/v1/login (username or email) and send `Authorization: Bearer <token>`.",
+            flows=OAuthFlows(password=OAuthFlow(token_url="/api/v1/login", scopes={})),
+        )
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeys:
+    """Parsed once: PyJWT would otherwise parse the PEM text on every request."""
+
+    signing: Any
+    verification: Any
+
+
+def load_signing_keys(settings: JWTSettings) -> SigningKeys:
+    """Read and check the keys once at startup; a missing or unreadable key stops the app (SPEC §3.3)."""
+    if not settings.uses_key_pair:
+        secret = settings.secret_key or ""
+        return SigningKeys(signing=secret, verification=secret)
+    private = _read_key(settings.private_key_path, "JWT_PRIVATE_KEY_PATH", lambda pem: load_pem_private_key(pem, None))
+    public = _read_key(settings.public_key_path, "JWT_PUBLIC_KEY_PATH", load_pem_public_key)
+    return SigningKeys(signing=private, verification=public)
+
+
+def _read_key(path: Path, variable: str, parse: Callable[[bytes], object]) -> object:
+    try:
+        return parse(path.read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        raise SettingsError(
+            f"Invalid value for {variable}: cannot read a PEM key at {path} ({exc.__class__.__name__}); "
+            "generate a pair with `pdm run python -m app.core.keys` (see src/certs/README.md)"
+        ) from None
+
+
+@dataclass
+class AppToken(Token):
+    """``sub``, ``exp``, ``iat``, ``jti`` plus the configurable type claim, all flat in the payload."""
+
+    encoded: str = field(default="", repr=False, compare=False)
+    """The token as received; the blacklist stores and compares whole tokens (SPEC §2.5)."""
+
+    def encode(self, secret: Any, algorithm: str) -> str:
+        claims = {
+            name: value
+            for name, value in asdict(self).items()
+            if value is not None and name not in {"extras", "encoded"}
+        }
+        return jwt.encode(claims | self.extras, key=secret, algorithm=algorithm)
+
+    @classmethod
+    def decode(  # type: ignore[override]  # the key may be a parsed key object, and no audience/issuer is used
+        cls, encoded_token: str, secret: Any, algorithm: str, **_: Any
+    ) -> Self:
+        """Checks 2–4 of SPEC §3.5; ``iat`` and ``jti`` are optional on input."""
+        try:
+            # The algorithm is pinned: a token signed with any other `alg` (including "none") is rejected.
+            payload = jwt.decode(encoded_token, key=secret, algorithms=[algorithm], options={"require": ["exp", "sub"]})
+            iat = payload.pop("iat", None)
+            token = cls(
+                sub=payload.pop("sub"),
+                exp=datetime.fromtimestamp(payload.pop("exp"), UTC),
+                iat=datetime.fromtimestamp(iat, UTC) if iat is not None else datetime.now(UTC),
+                jti=payload.pop("jti", None),
+                extras=payload,
+            )
+        except (jwt.InvalidTokenError, ImproperlyConfiguredException, TypeError, ValueError, OverflowError):
+            raise NotAuthorizedException(USER_NOT_AUTHENTICATED) from None
+        token.encoded = encoded_token
+        return token
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    encoded: str
+    expires_at: datetime
+
+
+class TokenCodec:
+    """Issues and verifies access and refresh tokens with the configured claim names and lifetimes."""
+
+    def __init__(self, settings: JWTSettings, keys: SigningKeys) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.type_claim = settings.token_type_field
+        self.type_values: dict[TokenKind, str] = {
+            "access": settings.access_token_type,
+            "refresh": settings.refresh_token_type,
+        }
+        self.lifetimes: dict[TokenKind, timedelta] = {
+            "access": timedelta(minutes=settings.access_token_expire_minutes),
+            "refresh": timedelta(days=settings.refresh_token_expire_days),
+        }
+
+    def issue(self, subject: str, kind: TokenKind) -> IssuedToken:
+        token = AppToken(
+            sub=subject,
+            exp=datetime.now(UTC) + self.lifetimes[kind],
+            jti=uuid4().hex,  # SPEC §3.2 [Δ]: every token is unique, even two issued in the same second
+            extras={self.type_claim: self.type_values[kind]},
+        )
+        return IssuedToken(encoded=token.encode(self.keys.signing, self.settings.algorithm), expires_at=token.exp)
+
+    def decode(self, encoded: str, kind: TokenKind) -> AppToken | None:
+        """Checks 2–5 of SPEC §3.5; ``None`` when any fails."""
+        try:
+            token = AppToken.decode(encoded, self.keys.verification, self.settings.algorithm)
+        except NotAuthorizedException:
+            return None
+        return token if self.is_kind(token, kind) else None
+
+    def is_kind(self, token: AppToken, kind: TokenKind) -> bool:
+        return token.extras.get(self.type_claim) == self.type_values[kind]
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """SPEC §3.4: ``Authorization: Bearer <token>``, scheme case-insensitive; anything else is no token."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+UserLoader = Callable[[ASGIConnection[Any, Any, Any, Any], AppToken], Awaitable[Any]]
+
+
+class BearerAuthenticationMiddleware(JWTAuthenticationMiddleware):
+    """Bearer header only (no cookie fallback), with the fixed 401 texts of SPEC §1.3."""
+
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        encoded = bearer_token(connection.headers.get("authorization"))
+        if encoded is None:
+            raise NotAuthorizedException(NOT_AUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+        return await self.authenticate_token(encoded, connection)
+
+    async def authenticate_token(
+        self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        token = self.token_cls.decode(encoded_token, self.token_secret, self.algorithm)
+        user = await self.retrieve_user_handler(token, connection)
+        if user is None:
+            raise NotAuthorizedException(USER_NOT_AUTHENTICATED)
+        return AuthenticationResult(user=user, auth=token)
+
+
+def build_jwt_auth(codec: TokenCodec, load_user: UserLoader) -> JWTAuth[Any, AppToken]:
+    """Every route requires a token unless its handler, controller or router sets ``exclude_from_auth=True``."""
+
+    async def retrieve_user(token: AppToken, connection: ASGIConnection[Any, Any, Any, Any]) -> Any:
+        if not codec.is_kind(token, "access"):
+            return None
+        return await load_user(connection, token)
+
+    return JWTAuth[Any, AppToken](
+        retrieve_user_handler=retrieve_user,
+        token_secret=codec.keys.verification,
+        algorithm=codec.settings.algorithm,
+        token_cls=AppToken,
+        authentication_middleware_class=BearerAuthenticationMiddleware,
+        default_token_expiration=codec.lifetimes["access"],
+        openapi_security_scheme_name=SECURITY_SCHEME,
+        exclude_opt_key="exclude_from_auth",
+    )

@@ -1,0 +1,150 @@
+"""U1–U10 (SPEC §4.3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from advanced_alchemy.extensions.litestar.providers import create_service_provider
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromCookie, FromPath, FromQuery, JSONBody
+
+from app.auth.cookies import expired_refresh_cookie
+from app.auth.services import AuthService
+from app.core.guards import ensure_owner, requires_superuser
+from app.core.schemas import ItemsPerPage, Message, Page, PageNumber, page_of
+from app.core.security import BEARER, AppToken, TokenCodec
+from app.tiers.schemas import RateLimitRead
+from app.users.models import User
+from app.users.schemas import UserCreate, UserRateLimits, UserRead, UserTier, UserTierUpdate, UserUpdate
+from app.users.services import UserService
+
+
+def to_read(user: User) -> UserRead:
+    return UserRead(
+        id=user.id,
+        name=user.name,
+        username=user.username,
+        email=user.email,
+        profile_image_url=user.profile_image_url,
+        tier_id=user.tier_id,
+    )
+
+
+class UserController(Controller):
+    tags = ["users"]
+    dependencies = {"users": Provide(create_service_provider(UserService))}
+
+    @post("/user", exclude_from_auth=True)
+    async def register(self, data: JSONBody[UserCreate], users: NamedDependency[UserService]) -> UserRead:
+        """Register a user."""
+        return to_read(await users.register(data))
+
+    @get("/users", exclude_from_auth=True)
+    async def list_users(
+        self,
+        users: NamedDependency[UserService],
+        page: FromQuery[PageNumber] = 1,
+        items_per_page: FromQuery[ItemsPerPage] = 10,
+    ) -> Page[UserRead]:
+        """Users that are not deleted, by id."""
+        rows, total = await users.list_active(page, items_per_page)
+        return page_of([to_read(user) for user in rows], total, page, items_per_page)
+
+    @get("/user/me", security=BEARER)
+    async def read_me(self, request: Request[User, AppToken, Any]) -> UserRead:
+        """The caller's own profile."""
+        return to_read(request.user)
+
+    @get("/user/{username:str}", exclude_from_auth=True)
+    async def read_user(self, username: FromPath[str], users: NamedDependency[UserService]) -> UserRead:
+        return to_read(await users.get_by_username(username))
+
+    @patch("/user/{username:str}", security=BEARER)
+    async def update_user(
+        self,
+        username: FromPath[str],
+        data: JSONBody[UserUpdate],
+        request: Request[User, AppToken, Any],
+        users: NamedDependency[UserService],
+    ) -> Message:
+        """Owner only. Renaming invalidates the user's tokens: they must log in again."""
+        user = await users.get_by_username(username, include_deleted=True)
+        ensure_owner(user.username, request.user)
+        await users.update_profile(user, data)
+        return Message("User updated")
+
+    @delete("/user/{username:str}", status_code=200, security=BEARER)
+    async def delete_user(
+        self,
+        username: FromPath[str],
+        request: Request[User, AppToken, Any],
+        users: NamedDependency[UserService],
+        token_codec: NamedDependency[TokenCodec],
+        refresh_token: FromCookie[str | None] = None,
+    ) -> Response[Message]:
+        """Owner only: soft delete, then revoke the presented access token and refresh cookie."""
+        user = await users.get_by_username(username, include_deleted=True)
+        ensure_owner(user.username, request.user)
+        await users.soft_delete(user)
+        auth = AuthService(users.repository.session, token_codec)
+        cookie_revoked = await auth.revoke_session(request.auth, refresh_token)
+        return Response(Message("User deleted"), cookies=[expired_refresh_cookie()] if cookie_revoked else [])
+
+    @delete("/db_user/{username:str}", status_code=200, guards=[requires_superuser], security=BEARER)
+    async def erase_user(self, username: FromPath[str], users: NamedDependency[UserService]) -> Message:
+        """Superuser only: delete the row for good; the user's posts go with it."""
+        await users.hard_delete(await users.get_by_username(username, include_deleted=True))
+        return Message("User deleted from the database")
+
+    @get("/user/{username:str}/rate_limits", guards=[requires_superuser], security=BEARER)
+    async def read_user_rate_limits(
+        self, username: FromPath[str], users: NamedDependency[UserService]
+    ) -> UserRateLimits:
+        """Superuser only: the user with every rate limit of their tier."""
+        user = await users.get_by_username(username, include_deleted=True)
+        limits = await users.rate_limits_of(user)
+        return UserRateLimits(
+            id=user.id,
+            name=user.name,
+            username=user.username,
+            email=user.email,
+            profile_image_url=user.profile_image_url,
+            tier_id=user.tier_id,
+            tier_rate_limits=[
+                RateLimitRead(
+                    path=limit.path,
+                    limit=limit.limit,
+                    period=limit.period,
+                    id=limit.id,
+                    tier_id=limit.tier_id,
+                    name=limit.name,
+                )
+                for limit in limits
+            ],
+        )
+
+    @get("/user/{username:str}/tier", exclude_from_auth=True)
+    async def read_user_tier(self, username: FromPath[str], users: NamedDependency[UserService]) -> UserTier:
+        """The user with their tier; the tier fields are null when the user has none."""
+        user = await users.get_by_username(username)
+        tier = await users.tier_of(user)
+        return UserTier(
+            id=user.id,
+            name=user.name,
+            username=user.username,
+            email=user.email,
+            profile_image_url=user.profile_image_url,
+            tier_id=user.tier_id,
+            tier_name=tier.name if tier else None,
+            tier_created_at=tier.created_at if tier else None,
+        )
+
+    @patch("/user/{username:str}/tier", guards=[requires_superuser], security=BEARER)
+    async def update_user_tier(
+        self, username: FromPath[str], data: JSONBody[UserTierUpdate], users: NamedDependency[UserService]
+    ) -> Message:
+        """Superuser only: move the user to another tier."""
+        user = await users.get_by_username(username, include_deleted=True)
+        await users.set_tier(user, data.tier_id)
+        return Message(f"User {user.name} Tier updated")
