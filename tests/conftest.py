@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from uuid import uuid4
 
@@ -24,8 +24,11 @@ from sqlalchemy.pool import NullPool
 
 from app.core.db import ALEMBIC_INI, MIGRATIONS_DIR
 from app.core.keys import write_key_pair
+from app.core.passwords import hash_password
 from app.core.settings import Settings
 from app.main import create_app
+from app.users.models import User
+from tests.helpers import PASSWORD
 
 PG_HOST = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")
 PG_PORT = os.environ.get("TEST_POSTGRES_PORT", "5432")
@@ -154,3 +157,51 @@ async def db_session(settings: Settings) -> AsyncIterator[AsyncSession]:
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+MakeUser = Callable[..., Awaitable[User]]
+Login = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def make_user(db_session: AsyncSession) -> MakeUser:
+    """Insert a user directly (``make_user("ann", superuser=True)``); the password is ``PASSWORD`` by default."""
+
+    async def make(
+        username: str,
+        *,
+        password: str = PASSWORD,
+        email: str | None = None,
+        superuser: bool = False,
+        tier_id: int | None = None,
+        hashed_password: str | None = None,
+        deleted: bool = False,
+    ) -> User:
+        user = User(
+            name=username.title(),
+            username=username,
+            email=email or f"{username}@example.com",
+            hashed_password=hashed_password or await hash_password(password),
+            is_superuser=superuser,
+            tier_id=tier_id,
+        )
+        if deleted:
+            user.mark_deleted()
+        db_session.add(user)
+        await db_session.commit()
+        return user
+
+    return make
+
+
+@pytest.fixture
+def login(client: AsyncTestClient[Litestar]) -> Login:
+    """Log in through the API and return the access token (the refresh cookie lands in the client)."""
+
+    async def log_in(username: str, password: str = PASSWORD, *, path: str = "/api/v1/login") -> str:
+        response = await client.post(path, data={"username": username, "password": password})
+        assert response.status_code == 200, response.text
+        token: str = response.json()["access_token"]
+        return token
+
+    return log_in

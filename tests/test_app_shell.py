@@ -109,3 +109,12 @@ async def test_every_request_is_logged_once_as_json(client: AsyncTestClient, set
     assert health
     assert {"method", "path", "status_code", "duration_ms", "client", "timestamp", "level"} <= health[-1].keys()
     assert health[-1]["timestamp"].endswith("Z")
+
+
+async def test_an_unreachable_database_answers_503_quickly(settings_with: Callable[..., Settings]) -> None:
+    settings = settings_with(POSTGRES_PORT="1", DB__CONNECT_TIMEOUT="2")
+    async with AsyncTestClient(create_app(settings)) as client:
+        response = await client.get("/api/v1/users")
+    assert response.status_code == 503
+    assert response.json() == {"status_code": 503, "detail": "Service Unavailable"}
+    assert response.headers["retry-after"] == "5"

@@ -60,10 +60,11 @@ class SoftDeleteColumns:
 def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
     """One request = one transaction, committed below 400 and rolled back otherwise (SPEC §1.6)."""
     if settings.embedded:
-        engine = EngineConfig(echo=settings.db.echo)
+        engine = EngineConfig(hide_parameters=True)
     else:
         engine = EngineConfig(
-            echo=settings.db.echo,
+            # Bound values (password hashes, tokens) never reach the SQL log of DB__ECHO (SPEC §11).
+            hide_parameters=True,
             pool_size=settings.db.pool_size,
             max_overflow=settings.db.max_overflow,
             pool_timeout=settings.db.connect_timeout,

@@ -33,6 +33,10 @@ _SECRET_KEYS = frozenset(
     }
 )
 
+_OWNED = "_configured_by_app"
+# Set by authentication: the user row itself may be expired by a rollback before the access log is written.
+USER_ID_STATE_KEY = "user_id"
+
 access_logger = structlog.get_logger("app.access")
 
 
@@ -84,10 +88,13 @@ def configure_logging(settings: Settings) -> None:
         handlers.append(file_handler)
 
     root = logging.getLogger()
+    # Replace the handlers of an earlier call (each app factory call configures again); keep foreign ones.
     for handler in root.handlers[:]:
-        root.removeHandler(handler)
-        handler.close()
+        if getattr(handler, _OWNED, False):
+            root.removeHandler(handler)
+            handler.close()
     for handler in handlers:
+        setattr(handler, _OWNED, True)
         root.addHandler(handler)
     root.setLevel(settings.log.level)
     # SQL statements only when asked for (DB__ECHO); bound parameters are hidden by the engine config.
@@ -126,7 +133,7 @@ class AccessLog:
             await self.app(scope, receive, capture_status)
         finally:
             client = scope.get("client")
-            user = scope.get("user")
+            user_id = scope.get("state", {}).get(USER_ID_STATE_KEY)
             access_logger.info(
                 "request",
                 method=scope.get("method"),
@@ -134,5 +141,5 @@ class AccessLog:
                 status_code=status_code,
                 duration_ms=round((perf_counter() - started) * 1000, 2),
                 client=client[0] if client else None,
-                **({"user_id": user.id} if user is not None else {}),
+                **({"user_id": user_id} if user_id is not None else {}),
             )

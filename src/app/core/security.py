@@ -24,6 +24,7 @@ from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityReq
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 from app.core.errors import NOT_AUTHENTICATED, USER_NOT_AUTHENTICATED
+from app.core.logging import USER_ID_STATE_KEY
 from app.core.settings import JWTSettings, SettingsError
 
 TokenKind = Literal["access", "refresh"]
@@ -178,6 +179,7 @@ class BearerAuthenticationMiddleware(JWTAuthenticationMiddleware):
         user = await self.retrieve_user_handler(token, connection)
         if user is None:
             raise NotAuthorizedException(USER_NOT_AUTHENTICATED)
+        connection.state[USER_ID_STATE_KEY] = user.id
         return AuthenticationResult(user=user, auth=token)
 
 

@@ -45,7 +45,7 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
         return await self.get_one_or_none(username=username_or_email, is_deleted=False)
 
     async def list_active(self, page: int, items_per_page: int) -> tuple[list[User], int]:
-        users, total = await self.list_and_count(
+        users, total = await self.get_many_and_count(
             LimitOffset(limit=items_per_page, offset=(page - 1) * items_per_page),
             OrderBy(field_name="id", sort_order="asc"),
             is_deleted=False,

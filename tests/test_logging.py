@@ -1,0 +1,58 @@
+"""Logging rules of SPEC §11 that a whole request flow must respect."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.settings import Settings
+from app.main import create_app
+from app.users.models import User
+from tests.helpers import bearer
+
+pytestmark = pytest.mark.anyio
+
+SECRET_PASSWORD = "Sup3r-secret-pw"
+
+
+async def test_logs_never_contain_passwords_hashes_or_tokens(
+    settings_with: Callable[..., Settings], db_session: AsyncSession, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "app.log"
+    settings = settings_with(LOG_FILE_PATH=str(log_file), LOG_LEVEL="DEBUG", DB__ECHO="true")
+    async with AsyncTestClient(create_app(settings), base_url="https://testserver.local") as client:
+        signup = {"name": "Ann", "username": "ann", "email": "ann@example.com", "password": SECRET_PASSWORD}
+        assert (await client.post("/api/v1/user", json=signup)).status_code == 201
+        assert (
+            await client.post("/api/v1/login", data={"username": "ann", "password": "wrong-pw-1"})
+        ).status_code == 401
+        login = await client.post("/api/v1/login", data={"username": "ann", "password": SECRET_PASSWORD})
+        access = login.json()["access_token"]
+        first_refresh = client.cookies["refresh_token"]
+        assert (await client.get("/api/v1/user/me", headers=bearer(access))).status_code == 200
+        refreshed = await client.post("/api/v1/refresh")
+        second_refresh = client.cookies["refresh_token"]
+        client.cookies.clear()
+        replay = await client.post("/api/v1/refresh", headers={"Cookie": f"refresh_token={first_refresh}"})
+        assert replay.status_code == 401
+        logout = await client.post(
+            "/api/v1/logout",
+            headers={**bearer(refreshed.json()["access_token"]), "Cookie": f"refresh_token={second_refresh}"},
+        )
+        assert logout.status_code == 200
+
+    hashed = (await db_session.scalars(select(User.hashed_password))).one()
+    text = log_file.read_text()
+    events = [json.loads(line) for line in text.splitlines()]
+    assert any(event.get("logger") == "sqlalchemy.engine.Engine" for event in events)  # SQL was logged
+    assert any("possible replay" in event["event"] for event in events)
+    for secret in (SECRET_PASSWORD, "wrong-pw-1", hashed, access, first_refresh, second_refresh):
+        assert secret not in text
+    # Token fragments too: a JWT signature is the part most likely to leak through truncation.
+    assert access.split(".")[2][:20] not in text
