@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from granian import Granian
 from granian.constants import Interfaces
@@ -32,9 +33,21 @@ def main() -> None:
         # Time a worker gets to finish in-flight requests on shutdown/reload (GRANIAN__TIMEOUT).
         workers_kill_timeout=settings.server.timeout,
         respawn_failed_workers=not reload,
-        reload=reload,
-        reload_paths=[PROJECT_ROOT / "src"] if reload else None,
+        **(_reload_options() if reload else {}),
     ).serve()
+
+
+def _reload_options() -> dict[str, Any]:
+    # watchfiles is a development dependency (the `dev` group): production images do not have it.
+    from watchfiles import PythonFilter  # noqa: PLC0415
+
+    class SourceFilter(PythonFilter):
+        """Only source changes restart the server: the log file and the embedded SQLite file live under src/ too."""
+
+        def __init__(self) -> None:
+            super().__init__(extra_extensions=(".env",))
+
+    return {"reload": True, "reload_paths": [PROJECT_ROOT / "src"], "reload_filter": SourceFilter}
 
 
 if __name__ == "__main__":
