@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from advanced_alchemy.extensions.litestar.providers import create_service_provider
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
@@ -21,14 +22,12 @@ from app.users.services import UserService
 
 
 def to_read(user: User) -> UserRead:
-    return UserRead(
-        id=user.id,
-        name=user.name,
-        username=user.username,
-        email=user.email,
-        profile_image_url=user.profile_image_url,
-        tier_id=user.tier_id,
-    )
+    return msgspec.convert(user, UserRead, from_attributes=True)
+
+
+def read_fields(user: User) -> dict[str, Any]:
+    """The ``UserRead`` fields, for the bodies that extend it."""
+    return msgspec.structs.asdict(to_read(user))
 
 
 class UserController(Controller):
@@ -105,23 +104,8 @@ class UserController(Controller):
         user = await users.get_by_username(username, include_deleted=True)
         limits = await users.rate_limits_of(user)
         return UserRateLimits(
-            id=user.id,
-            name=user.name,
-            username=user.username,
-            email=user.email,
-            profile_image_url=user.profile_image_url,
-            tier_id=user.tier_id,
-            tier_rate_limits=[
-                RateLimitRead(
-                    path=limit.path,
-                    limit=limit.limit,
-                    period=limit.period,
-                    id=limit.id,
-                    tier_id=limit.tier_id,
-                    name=limit.name,
-                )
-                for limit in limits
-            ],
+            **read_fields(user),
+            tier_rate_limits=[msgspec.convert(limit, RateLimitRead, from_attributes=True) for limit in limits],
         )
 
     @get("/user/{username:str}/tier", exclude_from_auth=True)
@@ -130,12 +114,7 @@ class UserController(Controller):
         user = await users.get_by_username(username)
         tier = await users.tier_of(user)
         return UserTier(
-            id=user.id,
-            name=user.name,
-            username=user.username,
-            email=user.email,
-            profile_image_url=user.profile_image_url,
-            tier_id=user.tier_id,
+            **read_fields(user),
             tier_name=tier.name if tier else None,
             tier_created_at=tier.created_at if tier else None,
         )

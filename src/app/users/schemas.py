@@ -68,22 +68,10 @@ class UserTierUpdate(msgspec.Struct):
     tier_id: int
 
 
-class UserRateLimits(msgspec.Struct):
-    id: int
-    name: str
-    username: str
-    email: str
-    profile_image_url: str
-    tier_id: int | None
+class UserRateLimits(UserRead):
     tier_rate_limits: list[RateLimitRead]
 
 
-class UserTier(msgspec.Struct):
-    id: int
-    name: str
-    username: str
-    email: str
-    profile_image_url: str
-    tier_id: int | None
+class UserTier(UserRead):
     tier_name: str | None
     tier_created_at: datetime | None
