@@ -9,11 +9,10 @@ from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotAuthorizedException
 from litestar.params import FromCookie
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.cookies import REFRESH_COOKIE, expired_refresh_cookie, refresh_cookie
 from app.auth.schemas import AccessToken, LoginOperation, read_login_form
-from app.auth.services import AuthService, TokenPair
+from app.auth.services import AuthService, TokenPair, provide_auth_service
 from app.core.errors import NOT_AUTHENTICATED
 from app.core.schemas import Message
 from app.core.security import TokenCodec, bearer_token
@@ -23,12 +22,6 @@ REFRESH_TOKEN_MISSING = "Refresh token missing."
 INVALID_REFRESH_TOKEN = "Invalid refresh token."
 REFRESH_TOKEN_NOT_FOUND = "Refresh token not found"
 INVALID_TOKEN = "Invalid token."
-
-
-def provide_auth_service(
-    db_session: NamedDependency[AsyncSession], token_codec: NamedDependency[TokenCodec]
-) -> AuthService:
-    return AuthService(db_session, token_codec)
 
 
 def _token_response(tokens: TokenPair, codec: TokenCodec) -> Response[AccessToken]:

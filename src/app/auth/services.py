@@ -11,6 +11,7 @@ from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from sqlalchemy import delete, exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -140,3 +141,10 @@ class AuthService:
         if refresh is None or await self.blacklist.any_blacklisted(refresh):
             return False
         return await self.blacklist.revoke(refresh)
+
+
+def provide_auth_service(
+    db_session: NamedDependency[AsyncSession], token_codec: NamedDependency[TokenCodec]
+) -> AuthService:
+    """Dependency provider: the service shares the request's session (and so its transaction)."""
+    return AuthService(db_session, token_codec)

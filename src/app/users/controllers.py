@@ -11,10 +11,10 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromCookie, FromPath, FromQuery, JSONBody
 
 from app.auth.cookies import expired_refresh_cookie
-from app.auth.services import AuthService
+from app.auth.services import AuthService, provide_auth_service
 from app.core.guards import ensure_owner, requires_superuser
 from app.core.schemas import ItemsPerPage, Message, Page, PageNumber, page_of
-from app.core.security import BEARER, AppToken, TokenCodec
+from app.core.security import BEARER, AppToken
 from app.tiers.schemas import RateLimitRead
 from app.users.models import User
 from app.users.schemas import UserCreate, UserRateLimits, UserRead, UserTier, UserTierUpdate, UserUpdate
@@ -32,7 +32,10 @@ def read_fields(user: User) -> dict[str, Any]:
 
 class UserController(Controller):
     tags = ["users"]
-    dependencies = {"users": Provide(create_service_provider(UserService))}
+    dependencies = {
+        "users": Provide(create_service_provider(UserService)),
+        "auth_service": Provide(provide_auth_service, sync_to_thread=False),
+    }
 
     @post("/user", exclude_from_auth=True)
     async def register(self, data: JSONBody[UserCreate], users: NamedDependency[UserService]) -> UserRead:
@@ -79,15 +82,14 @@ class UserController(Controller):
         username: FromPath[str],
         request: Request[User, AppToken, Any],
         users: NamedDependency[UserService],
-        token_codec: NamedDependency[TokenCodec],
+        auth_service: NamedDependency[AuthService],
         refresh_token: FromCookie[str | None] = None,
     ) -> Response[Message]:
         """Owner only: soft delete, then revoke the presented access token and refresh cookie."""
         user = await users.get_by_username(username, include_deleted=True)
         ensure_owner(user.username, request.user)
         await users.soft_delete(user)
-        auth = AuthService(users.repository.session, token_codec)
-        cookie_revoked = await auth.revoke_session(request.auth, refresh_token)
+        cookie_revoked = await auth_service.revoke_session(request.auth, refresh_token)
         return Response(Message("User deleted"), cookies=[expired_refresh_cookie()] if cookie_revoked else [])
 
     @delete("/db_user/{username:str}", status_code=200, guards=[requires_superuser], security=BEARER)
