@@ -4,6 +4,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from uuid import uuid4
 
@@ -11,11 +12,13 @@ import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from litestar.testing import AsyncTestClient
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from app.core.settings import Settings
+from app.main import create_app
 from app.models import metadata
 
 pytestmark = pytest.mark.anyio
@@ -119,3 +122,23 @@ def test_the_same_revision_builds_the_schema_on_sqlite(
     result = _run(command, env, project_root)
     assert result.returncode == 0, result.stderr
     assert _tables(f"sqlite+aiosqlite:///{sqlite_file}") == EXPECTED_TABLES
+
+
+async def test_create_tables_on_start_builds_a_missing_schema(settings_with: Callable[..., Settings]) -> None:
+    database = f"test_create_all_{uuid4().hex[:12]}"
+    settings = settings_with(POSTGRES_DB=database, DB__CREATE_TABLES_ON_START="true")
+    connection = await asyncpg.connect(
+        host=settings.db.server, port=settings.db.port, user=settings.db.user, database="postgres"
+    )
+    await connection.execute(f'CREATE DATABASE "{database}"')
+    try:
+        async with AsyncTestClient(create_app(settings)) as client:
+            assert (await client.get("/api/v1/users")).status_code == 200
+        engine = create_async_engine(settings.database_url, poolclass=NullPool)
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+        await engine.dispose()
+        assert tables == EXPECTED_TABLES - {"alembic_version"}
+    finally:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await connection.close()
