@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import TokenBlacklist
-from app.core.security import load_signing_keys
+from app.core.keys import load_signing_keys
 from app.core.settings import Settings, SettingsError
 from app.main import create_app
 from app.users.models import User

@@ -1,6 +1,7 @@
 """Production launcher: ``python -m app`` serves ``app.main:app`` with Granian, configured by SPEC §9 settings (§12.4).
 
-``python -m app --reload`` is the development server used by ``task dev``.
+``python -m app --reload`` is the development server used by ``task dev``. This process only supervises:
+it imports the settings, not the application, so it stays small; each worker builds the app itself.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from typing import Any
 from granian import Granian
 from granian.constants import Interfaces
 
-from app.core.security import load_signing_keys
-from app.core.settings import PROJECT_ROOT, SettingsError
-from app.main import load_settings
+from app.core.keys import load_signing_keys
+from app.core.settings import PROJECT_ROOT, SettingsError, exit_with, load_settings
 
 
 def main() -> None:
@@ -21,8 +21,7 @@ def main() -> None:
     try:
         load_signing_keys(settings.jwt)  # fail here, once, rather than in every Granian worker
     except SettingsError as exc:
-        print(f"Configuration error: {exc}", file=sys.stderr)  # noqa: T201
-        raise SystemExit(1) from None
+        exit_with(exc)
     reload = "--reload" in sys.argv[1:]
     Granian(
         "app.main:app",

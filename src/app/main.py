@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from functools import cache
 from typing import Any
 
@@ -20,10 +19,11 @@ from app.core.client_cache import client_cache_headers
 from app.core.db import build_alchemy_config
 from app.core.embedded import embedded_lifespan
 from app.core.errors import exception_to_response
+from app.core.keys import load_signing_keys
 from app.core.logging import AccessLog, configure_logging
 from app.core.openapi import docs_gate, docs_router, openapi_config
-from app.core.security import OPENAPI_COMPONENTS, TokenCodec, build_jwt_auth, load_signing_keys
-from app.core.settings import Settings, SettingsError
+from app.core.security import OPENAPI_COMPONENTS, TokenCodec, build_jwt_auth
+from app.core.settings import Settings, SettingsError, exit_with, load_settings
 from app.system.controllers import SystemController
 from app.users.controllers import UserController
 
@@ -31,15 +31,6 @@ logger = structlog.get_logger("app")
 
 # Bodies larger than this are refused with 413 before they are read into memory.
 REQUEST_MAX_BODY_SIZE = 1024 * 1024
-
-
-def load_settings() -> Settings:
-    """Settings, or one clear line naming the bad variable and exit status 1 (SPEC §9.1)."""
-    try:
-        return Settings.from_env()
-    except SettingsError as exc:
-        print(f"Configuration error: {exc}", file=sys.stderr)  # noqa: T201 - logging is not configured yet
-        raise SystemExit(1) from None
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -82,8 +73,7 @@ def _default_app() -> Litestar:
     try:
         return create_app()
     except SettingsError as exc:  # e.g. a JWT key that cannot be read: one line, no traceback
-        print(f"Configuration error: {exc}", file=sys.stderr)  # noqa: T201
-        raise SystemExit(1) from None
+        exit_with(exc)
 
 
 def __getattr__(name: str) -> Any:

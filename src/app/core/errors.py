@@ -15,8 +15,6 @@ from litestar.status_codes import (
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -39,8 +37,6 @@ UNAVAILABLE_ERRORS = (
     PoolTimeoutError,
     ConnectionError,
     TimeoutError,
-    RedisConnectionError,
-    RedisTimeoutError,
 )
 
 

@@ -1,17 +1,49 @@
-"""``python -m app.core.keys``: create the RS256 key pair at JWT_PRIVATE_KEY_PATH / JWT_PUBLIC_KEY_PATH if missing.
+"""JWT signing keys (SPEC §3.3): loading and checking them at startup, and generating a development pair.
 
-For development and first runs; production keys are generated once with openssl (src/certs/README.md)
-and mounted, never committed.
+``python -m app.core.keys`` creates the RS256 pair at JWT_PRIVATE_KEY_PATH / JWT_PUBLIC_KEY_PATH if missing.
+Production keys are generated once with openssl (src/certs/README.md) and mounted, never committed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
-from app.main import load_settings
+from app.core.settings import JWTSettings, SettingsError, load_settings
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeys:
+    """Parsed once: PyJWT would otherwise parse the PEM text on every request."""
+
+    signing: Any
+    verification: Any
+
+
+def load_signing_keys(settings: JWTSettings) -> SigningKeys:
+    """Read and check the keys once at startup; a missing or unreadable key stops the app (SPEC §3.3)."""
+    if not settings.uses_key_pair:
+        secret = settings.secret_key or ""
+        return SigningKeys(signing=secret, verification=secret)
+    private = _read_key(settings.private_key_path, "JWT_PRIVATE_KEY_PATH", lambda pem: load_pem_private_key(pem, None))
+    public = _read_key(settings.public_key_path, "JWT_PUBLIC_KEY_PATH", load_pem_public_key)
+    return SigningKeys(signing=private, verification=public)
+
+
+def _read_key(path: Path, variable: str, parse: Callable[[bytes], object]) -> object:
+    try:
+        return parse(path.read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        raise SettingsError(
+            f"Invalid value for {variable}: cannot read a PEM key at {path} ({exc.__class__.__name__}); "
+            "generate a pair with `pdm run python -m app.core.keys` (see src/certs/README.md)"
+        ) from None
 
 
 def write_key_pair(private_path: Path, public_path: Path) -> None:

@@ -11,12 +11,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal, Self
 from uuid import uuid4
 
 import jwt
-from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 from litestar.connection import ASGIConnection
 from litestar.exceptions import ImproperlyConfiguredException, NotAuthorizedException
 from litestar.middleware.authentication import AuthenticationResult
@@ -24,8 +22,9 @@ from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityReq
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 from app.core.errors import NOT_AUTHENTICATED, USER_NOT_AUTHENTICATED
+from app.core.keys import SigningKeys
 from app.core.logging import USER_ID_STATE_KEY
-from app.core.settings import JWTSettings, SettingsError
+from app.core.settings import JWTSettings
 
 TokenKind = Literal["access", "refresh"]
 
@@ -41,34 +40,6 @@ OPENAPI_COMPONENTS = Components(
         )
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class SigningKeys:
-    """Parsed once: PyJWT would otherwise parse the PEM text on every request."""
-
-    signing: Any
-    verification: Any
-
-
-def load_signing_keys(settings: JWTSettings) -> SigningKeys:
-    """Read and check the keys once at startup; a missing or unreadable key stops the app (SPEC §3.3)."""
-    if not settings.uses_key_pair:
-        secret = settings.secret_key or ""
-        return SigningKeys(signing=secret, verification=secret)
-    private = _read_key(settings.private_key_path, "JWT_PRIVATE_KEY_PATH", lambda pem: load_pem_private_key(pem, None))
-    public = _read_key(settings.public_key_path, "JWT_PUBLIC_KEY_PATH", load_pem_public_key)
-    return SigningKeys(signing=private, verification=public)
-
-
-def _read_key(path: Path, variable: str, parse: Callable[[bytes], object]) -> object:
-    try:
-        return parse(path.read_bytes())
-    except (OSError, ValueError, TypeError) as exc:
-        raise SettingsError(
-            f"Invalid value for {variable}: cannot read a PEM key at {path} ({exc.__class__.__name__}); "
-            "generate a pair with `pdm run python -m app.core.keys` (see src/certs/README.md)"
-        ) from None
 
 
 @dataclass

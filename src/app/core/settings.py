@@ -8,10 +8,11 @@ which is how aliases (``LICENSE``) and fallbacks (``REDIS_CACHE_HOST`` → ``RED
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_type_hints
+from typing import Annotated, Any, Literal, NoReturn, TypeVar, get_type_hints
 from urllib.parse import quote
 
 import msgspec
@@ -246,3 +247,16 @@ def _check_consistency(settings: Settings) -> None:
         raise SettingsError("Invalid value for REFRESH_TOKEN_TYPE: it must differ from ACCESS_TOKEN_TYPE")
     if not jwt.uses_key_pair and not jwt.secret_key:
         raise SettingsError(f"Invalid value for SECRET_KEY: it is required when ALGORITHM={jwt.algorithm}")
+
+
+def exit_with(error: SettingsError) -> NoReturn:
+    """One clear line naming the bad variable, no traceback, exit status 1 (SPEC §9.1)."""
+    print(f"Configuration error: {error}", file=sys.stderr)  # noqa: T201 - logging is not configured yet
+    raise SystemExit(1) from None
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        exit_with(exc)
