@@ -4,6 +4,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -118,3 +119,31 @@ async def test_an_unreachable_database_answers_503_quickly(settings_with: Callab
     assert response.status_code == 503
     assert response.json() == {"status_code": 503, "detail": "Service Unavailable"}
     assert response.headers["retry-after"] == "5"
+
+
+async def test_oversized_bodies_are_refused_with_413(client: AsyncTestClient) -> None:
+    response = await client.post(
+        "/api/v1/user", content=b"{" + b" " * (2 * 1024 * 1024) + b"}", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json() == {"status_code": 413, "detail": "Request Entity Too Large"}
+
+
+async def test_requests_recover_after_database_connections_are_killed(
+    client: AsyncTestClient, settings: Settings
+) -> None:
+    assert (await client.get("/api/v1/users")).status_code == 200
+    connection = await asyncpg.connect(
+        host=settings.db.server, port=settings.db.port, user=settings.db.user, database=settings.db.name
+    )
+    try:
+        killed = await connection.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+    assert killed >= 1
+    first = await client.get("/api/v1/users")  # may land on a dead pooled connection
+    assert first.status_code in {200, 503}
+    assert (await client.get("/api/v1/users")).status_code == 200

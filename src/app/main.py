@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-import structlog
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar, Router
 from litestar.datastructures import State
@@ -26,8 +25,6 @@ from app.core.security import OPENAPI_COMPONENTS, TokenCodec, build_jwt_auth
 from app.core.settings import Settings, SettingsError, exit_with, load_settings
 from app.system.controllers import SystemController
 from app.users.controllers import UserController
-
-logger = structlog.get_logger("app")
 
 # Bodies larger than this are refused with 413 before they are read into memory.
 REQUEST_MAX_BODY_SIZE = 1024 * 1024

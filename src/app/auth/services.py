@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import TokenBlacklist
-from app.core.db import utc_now
+from app.core.db import caused_by, utc_now
 from app.core.passwords import verify_password
 from app.core.security import AppToken, IssuedToken, TokenCodec, UserLoader
 from app.users.models import User
@@ -44,7 +44,9 @@ class BlacklistService(SQLAlchemyAsyncRepositoryService[TokenBlacklist]):
             async with session.begin_nested():
                 session.add(TokenBlacklist(token=token.encoded, expires_at=token.exp))
                 await session.flush()
-        except (IntegrityError, RepositoryIntegrityError):
+        except (IntegrityError, RepositoryIntegrityError) as error:
+            if not caused_by(error, IntegrityError):  # e.g. a lost connection, reported as 503
+                raise
             return False
         return True
 

@@ -57,6 +57,20 @@ class SoftDeleteColumns:
         self.deleted_at = utc_now()
 
 
+def caused_by(error: BaseException, kinds: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
+    """Whether ``error`` or anything in its cause chain is one of ``kinds``.
+
+    advanced-alchemy re-raises driver errors as its own types (a closed connection becomes its
+    ``IntegrityError``), so the original error is only visible in the chain.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, kinds):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
     """One request = one transaction, committed below 400 and rolled back otherwise (SPEC §1.6)."""
     if settings.embedded:
@@ -68,7 +82,8 @@ def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
             pool_size=settings.db.pool_size,
             max_overflow=settings.db.max_overflow,
             pool_timeout=settings.db.connect_timeout,
-            pool_pre_ping=True,
+            # No pre-ping: it costs a round trip per request (measured -15 % on an authenticated GET). A connection
+            # broken by a database restart fails its one request with 503 and SQLAlchemy then recycles the pool.
             # A database that does not answer gives 503 after the timeout instead of a hung request.
             connect_args={"timeout": settings.db.connect_timeout, "command_timeout": 30},
         )

@@ -18,6 +18,8 @@ from litestar.status_codes import (
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from app.core.db import caused_by
+
 logger = structlog.get_logger("app.errors")
 _FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`")
 
@@ -85,7 +87,7 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
         return error_response(exc.status_code, exc.detail, headers=headers)
     if isinstance(exc, HTTPException) and exc.status_code != HTTP_500_INTERNAL_SERVER_ERROR:
         return error_response(exc.status_code, exc.detail, headers=exc.headers)
-    if isinstance(exc, UNAVAILABLE_ERRORS):
+    if caused_by(exc, UNAVAILABLE_ERRORS):
         logger.error("dependency unavailable", error=type(exc).__name__, path=request.url.path)
         return error_response(HTTP_503_SERVICE_UNAVAILABLE, SERVICE_UNAVAILABLE, headers={"Retry-After": "5"})
     logger.exception("unhandled error", path=request.url.path, method=request.method)

@@ -12,7 +12,7 @@ from litestar.exceptions import NotFoundException
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
-from app.core.db import utc_now
+from app.core.db import caused_by, utc_now
 from app.core.errors import UnprocessableError
 from app.core.passwords import hash_password
 from app.tiers.models import RateLimit, Tier
@@ -133,7 +133,9 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
             async with session.begin_nested():
                 apply()
                 await session.flush()
-        except (IntegrityError, RepositoryIntegrityError):
+        except (IntegrityError, RepositoryIntegrityError) as error:
+            if not caused_by(error, IntegrityError):  # e.g. a lost connection, reported as 503
+                raise
             if email is not None and await self.email_taken(email):
                 raise UnprocessableError(EMAIL_TAKEN) from None
             raise UnprocessableError(USERNAME_TAKEN) from None
