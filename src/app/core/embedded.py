@@ -1,4 +1,4 @@
-"""Embedded mode (SPEC §9.3): SQLite and in-process stores, so the API runs on a machine with only Python."""
+"""Embedded mode (SPEC §9.3): SQLite instead of PostgreSQL and no Redis, so the API runs with only Python."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ async def embedded_lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     await to_thread.run_sync(migrate_to_head, settings.database_url)
     logger.warning(
-        "Running in embedded mode: SQLite database at %s, in-process stores and worker (single process only). "
+        "Running in embedded mode: SQLite database at %s (one process only, no PostgreSQL or Redis). "
         "To use PostgreSQL and Redis, copy src/.env.example to src/.env and edit it.",
         settings.db.embedded_path,
     )
