@@ -7,10 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from litestar.testing import AsyncTestClient
+from litestar.testing import AsyncTestClient, RequestFactory
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.errors import exception_to_response
 from app.core.settings import Settings
 from app.main import create_app
 from app.users.models import User
@@ -56,3 +57,31 @@ async def test_logs_never_contain_passwords_hashes_or_tokens(
         assert secret not in text
     # Token fragments too: a JWT signature is the part most likely to leak through truncation.
     assert access.split(".")[2][:20] not in text
+
+
+@pytest.mark.parametrize("environment", ["staging", "production"])
+async def test_console_logs_are_json_outside_local(
+    settings_with: Callable[..., Settings], capsys: pytest.CaptureFixture[str], environment: str
+) -> None:
+    app = create_app(settings_with(ENVIRONMENT=environment, LOG_FILE_PATH=""))
+    async with AsyncTestClient(app) as client:
+        await client.get("/api/v1/health")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]
+    access = [event for event in events if event.get("logger") == "app.access"]
+    assert access
+    assert {"timestamp", "level", "logger", "event", "method", "path", "status_code", "duration_ms"} <= access[
+        -1
+    ].keys()
+
+
+def test_an_unexpected_error_is_a_500_without_details(settings_with: Callable[..., Settings], tmp_path: Path) -> None:
+    log_file = tmp_path / "app.log"
+    app = create_app(settings_with(LOG_FILE_PATH=str(log_file)))
+    request = RequestFactory(app=app).get("/api/v1/anything")
+    response = exception_to_response(request, RuntimeError("secret internals"))
+    assert response.status_code == 500
+    assert response.content == {"status_code": 500, "detail": "Internal Server Error"}
+    logged = [json.loads(line) for line in log_file.read_text().splitlines()]
+    errors = [event for event in logged if event["event"] == "unhandled error"]
+    assert "RuntimeError: secret internals" in errors[-1]["exception"]  # the traceback goes to the log only

@@ -90,7 +90,7 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
     if caused_by(exc, UNAVAILABLE_ERRORS):
         logger.error("dependency unavailable", error=type(exc).__name__, path=request.url.path)
         return error_response(HTTP_503_SERVICE_UNAVAILABLE, SERVICE_UNAVAILABLE, headers={"Retry-After": "5"})
-    logger.exception("unhandled error", path=request.url.path, method=request.method)
+    logger.error("unhandled error", exc_info=exc, path=request.url.path, method=request.method)
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, INTERNAL_SERVER_ERROR)
 
 
