@@ -16,12 +16,6 @@ from litestar.types import Guard
 from app.core.guards import requires_superuser
 from app.core.settings import Settings
 
-DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
-
-
-def _schema(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    return request.app.openapi_schema.to_schema()
-
 
 @dataclass(frozen=True, slots=True)
 class DocsAccess:
@@ -46,6 +40,13 @@ def docs_router(access: DocsAccess) -> Router:
     swagger = SwaggerRenderPlugin()
     redoc = RedocRenderPlugin()
     json = JsonRenderPlugin()
+    rendered: dict[str, Any] = {}
+
+    def _schema(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        """The document never changes once the app is built: render it on first use only."""
+        if not rendered:
+            rendered.update(request.app.openapi_schema.to_schema())
+        return rendered
 
     @get("/docs", media_type=MediaType.HTML, include_in_schema=False, sync_to_thread=False)
     def swagger_ui(request: Request[Any, Any, Any]) -> bytes:
