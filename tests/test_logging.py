@@ -53,6 +53,9 @@ async def test_logs_never_contain_passwords_hashes_or_tokens(
     events = [json.loads(line) for line in text.splitlines()]
     assert any(event.get("logger") == "sqlalchemy.engine.Engine" for event in events)  # SQL was logged
     assert any("possible replay" in event["event"] for event in events)
+    me = [e for e in events if e.get("logger") == "app.access" and e["path"] == "/api/v1/user/me"]
+    assert me[0]["user_id"] == 1
+    assert all("user_id" not in e for e in events if e.get("logger") == "app.access" and e["path"] == "/api/v1/user")
     for secret in (SECRET_PASSWORD, "wrong-pw-1", hashed, access, first_refresh, second_refresh):
         assert secret not in text
     # Token fragments too: a JWT signature is the part most likely to leak through truncation.
