@@ -122,3 +122,12 @@ def test_startup_fails_with_one_line_naming_the_variable(variable: str, value: s
     ]
     assert variable in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_forwarded_allow_ips_is_a_list_of_addresses_or_a_star() -> None:
+    assert Settings.from_env({}, env_file=None).app.trusted_proxies == frozenset({"127.0.0.1"})
+    listed = Settings.from_env({"FORWARDED_ALLOW_IPS": "10.0.0.2, ::1"}, env_file=None)
+    assert listed.app.trusted_proxies == frozenset({"10.0.0.2", "::1"})
+    assert Settings.from_env({"FORWARDED_ALLOW_IPS": "*"}, env_file=None).app.trusted_proxies is None
+    with pytest.raises(SettingsError, match="FORWARDED_ALLOW_IPS"):
+        Settings.from_env({"FORWARDED_ALLOW_IPS": "nginx"}, env_file=None)

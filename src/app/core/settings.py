@@ -7,6 +7,7 @@ which is how aliases (``LICENSE``) and fallbacks (``REDIS_CACHE_HOST`` → ``RED
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from collections.abc import Mapping
@@ -62,6 +63,12 @@ class AppSettings:
     environment: Environment = env("ENVIRONMENT", default="local")
     client_cache_max_age: NonNegativeInt = env("CLIENT_CACHE_MAX_AGE", default=30)
     forwarded_allow_ips: str = env("FORWARDED_ALLOW_IPS", default="127.0.0.1")
+
+    @property
+    def trusted_proxies(self) -> frozenset[str] | None:
+        """Peers whose forwarding headers are trusted (SPEC §5.3); ``None`` means every peer (``*``)."""
+        entries = {entry.strip() for entry in self.forwarded_allow_ips.split(",") if entry.strip()}
+        return None if "*" in entries else frozenset(entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +249,11 @@ def _embedded_mode(source: Mapping[str, str], process: Mapping[str, str], *, env
 
 
 def _check_consistency(settings: Settings) -> None:
+    for proxy in settings.app.trusted_proxies or ():
+        try:
+            ipaddress.ip_address(proxy)
+        except ValueError:
+            raise SettingsError(f"Invalid value for FORWARDED_ALLOW_IPS: {proxy!r} is not an IP address") from None
     jwt = settings.jwt
     if jwt.access_token_type == jwt.refresh_token_type:
         raise SettingsError("Invalid value for REFRESH_TOKEN_TYPE: it must differ from ACCESS_TOKEN_TYPE")
