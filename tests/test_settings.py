@@ -110,7 +110,10 @@ def test_embedded_mode_is_chosen_only_without_configuration(tmp_path: Path) -> N
     assert configured.database_url == "postgresql+asyncpg://postgres:p%40ss%2Fword@localhost:5432/app"
 
 
-@pytest.mark.parametrize(("variable", "value"), [("ENVIRONMENT", "bogus"), ("RUN__PORT", "abc")])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("ENVIRONMENT", "bogus"), ("RUN__PORT", "abc"), ("JWT_PRIVATE_KEY_PATH", "/nonexistent/jwt-private.pem")],
+)
 def test_startup_fails_with_one_line_naming_the_variable(variable: str, value: str) -> None:
     env = {**os.environ, "EMBEDDED": "true", variable: value}
     result = subprocess.run(
