@@ -49,7 +49,15 @@ def test_embedded_mode_serves_health_and_docs(test_env: dict[str, str], project_
                     time.sleep(0.2)
             assert health is not None, log.read_text()
             assert health.status_code == 200
-            assert httpx.get(f"http://127.0.0.1:{port}/docs", timeout=5).status_code == 200
+            base = f"http://127.0.0.1:{port}"
+            assert httpx.get(f"{base}/docs", timeout=5).status_code == 200
+            # The same routes work on SQLite: register, log in, read oneself.
+            signup = {"name": "Ann", "username": "ann", "email": "ann@example.com", "password": "password1"}
+            assert httpx.post(f"{base}/api/v1/user", json=signup, timeout=10).status_code == 201
+            login = httpx.post(f"{base}/api/v1/login", data={"username": "ann", "password": "password1"}, timeout=10)
+            token = login.json()["access_token"]
+            me = httpx.get(f"{base}/api/v1/user/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert me.json()["username"] == "ann"
         finally:
             server.terminate()
             server.wait(timeout=30)
