@@ -25,7 +25,7 @@ from app.core.settings import Settings, SettingsError
 from app.main import create_app
 from app.users.models import User
 from tests.conftest import Login, MakeUser
-from tests.helpers import PASSWORD, bearer, claims, header
+from tests.helpers import PASSWORD, bearer, claims, header, remove_user
 
 pytestmark = pytest.mark.anyio
 
@@ -223,11 +223,7 @@ async def test_refresh_rejects_tokens_of_deleted_users(
 ) -> None:
     user = await make_user("ann")
     await login("ann")
-    if deleted == "soft":
-        user.mark_deleted()
-    else:
-        await db_session.delete(user)
-    await db_session.commit()
+    await remove_user(db_session, user, deleted)
     response = await client.post("/api/v1/refresh")
     assert response.status_code == 401
     assert response.json()["detail"] == "Invalid refresh token."
@@ -399,11 +395,7 @@ async def test_tokens_of_deleted_users_are_rejected(
 ) -> None:
     user = await make_user("ann")
     access = await login("ann")
-    if deleted == "soft":
-        user.mark_deleted()
-    else:
-        await db_session.delete(user)
-    await db_session.commit()
+    await remove_user(db_session, user, deleted)
     response = await client.get("/api/v1/user/me", headers=bearer(access))
     assert response.status_code == 401
     assert response.json()["detail"] == "User not authenticated."
