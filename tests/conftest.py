@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from uuid import uuid4
 
@@ -27,8 +28,10 @@ from app.core.keys import write_key_pair
 from app.core.passwords import hash_password
 from app.core.settings import Settings
 from app.main import create_app
+from app.models import metadata
 from app.users.models import User
 from tests.helpers import PASSWORD
+from tests.servers import LiveServer, live_server
 
 PG_HOST = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")
 PG_PORT = os.environ.get("TEST_POSTGRES_PORT", "5432")
@@ -39,7 +42,8 @@ REDIS_PORT = os.environ.get("TEST_REDIS_PORT", "6379")
 # A database index of its own, so flushing between tests never touches development data.
 REDIS_DB = os.environ.get("TEST_REDIS_DB", "15")
 
-TABLES = ("token_blacklist", "post", "rate_limit", '"user"', "tier")
+# Every table of the models, so a new feature's table is emptied between tests without editing this file.
+TABLES = tuple(f'"{table.name}"' for table in metadata.sorted_tables)
 
 
 @pytest.fixture(scope="session")
@@ -141,6 +145,24 @@ async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
     # https: the refresh cookie is Secure, and httpx only sends Secure cookies over https.
     async with AsyncTestClient(app, base_url="https://testserver.local") as test_client:
         yield test_client
+
+
+StartServer = Callable[..., LiveServer]
+
+
+@pytest.fixture
+def start_server(test_env: dict[str, str], tmp_path: Path) -> Iterator[StartServer]:
+    """Start real Granian servers of the app (``start_server(workers=2, ACCESS_TOKEN_EXPIRE_MINUTES="1")``).
+
+    Each gets a free port and the test run's environment with the given variables changed; all are
+    stopped when the test ends.
+    """
+    with ExitStack() as servers:
+
+        def start(*, workers: int = 2, **overrides: str) -> LiveServer:
+            return servers.enter_context(live_server({**test_env, **overrides}, tmp_path, workers=workers))
+
+        yield start
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ LITESTAR = str(Path(sys.executable).parent / "litestar")
 
 def litestar(env: dict[str, str], root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - fixed arguments
-        [LITESTAR, "--app", "app.main:app", *args],
+        [LITESTAR, "--app", "app.main:create_app", *args],
         env={**os.environ, **env, "LOG_FILE_PATH": ""},
         cwd=root,
         capture_output=True,

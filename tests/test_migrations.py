@@ -25,7 +25,7 @@ pytestmark = pytest.mark.anyio
 
 BIN = Path(sys.executable).parent
 ALEMBIC_UPGRADE = [str(BIN / "alembic"), "upgrade", "head"]
-LITESTAR_UPGRADE = [str(BIN / "litestar"), "--app", "app.main:app", "database", "upgrade", "--no-prompt"]
+LITESTAR_UPGRADE = [str(BIN / "litestar"), "--app", "app.main:create_app", "database", "upgrade", "--no-prompt"]
 EXPECTED_TABLES = {"tier", "rate_limit", "user", "post", "token_blacklist", "alembic_version"}
 
 

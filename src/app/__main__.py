@@ -1,4 +1,4 @@
-"""Production launcher: ``python -m app`` serves ``app.main:app`` with Granian, configured by SPEC §9 settings (§12.4).
+"""Production launcher: ``python -m app`` serves ``app.main:create_app`` with Granian, configured by SPEC §9 (§12.4).
 
 ``python -m app --reload`` is the development server used by ``task dev``. This process only supervises:
 it imports the settings, not the application, so it stays small; each worker builds the app itself.
@@ -24,7 +24,8 @@ def main() -> None:
         exit_with(exc)
     reload = "--reload" in sys.argv[1:]
     Granian(
-        "app.main:app",
+        "app.main:create_app",
+        factory=True,
         interface=Interfaces.ASGI,
         address=settings.server.host,
         port=settings.server.port,

@@ -1,14 +1,19 @@
-"""The application factory. ``create_app()`` reads top to bottom: settings → database → plugins → routes → hooks."""
+"""The application factory, ``app.main:create_app``, loaded as a factory by Granian and the Litestar CLI.
+
+``create_app()`` reads top to bottom like a table of contents: settings → database → auth → routes → app.
+Each concern has one builder; a new one (a Redis store, the rate limiter, the response cache, the queue)
+is one more builder and one more line here. Clients are built in the factory or a lifespan, never at import.
+"""
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
-from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
+from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig, SQLAlchemyPlugin
 from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.security.jwt import JWTAuth
 from litestar_granian import GranianPlugin
 
 from app.auth.controllers import AuthController
@@ -21,7 +26,7 @@ from app.core.errors import exception_to_response
 from app.core.keys import load_signing_keys
 from app.core.logging import AccessLog, configure_logging
 from app.core.openapi import docs_gate, docs_router, openapi_config
-from app.core.security import OPENAPI_COMPONENTS, TokenCodec, build_jwt_auth
+from app.core.security import OPENAPI_COMPONENTS, AppToken, TokenCodec, build_jwt_auth
 from app.core.settings import Settings, SettingsError, exit_with, load_settings
 from app.system.controllers import SystemController
 from app.users.controllers import UserController
@@ -31,24 +36,27 @@ REQUEST_MAX_BODY_SIZE = 1024 * 1024
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or load_settings()
-    configure_logging(settings)
-    alchemy = build_alchemy_config(settings)
-    codec = TokenCodec(settings.jwt, load_signing_keys(settings.jwt))
-    auth = build_jwt_auth(codec, request_user_loader(alchemy))
+    """Build the app; without ``settings`` (Granian, the CLI) a configuration error is one line and exit 1."""
+    if settings is not None:
+        return _build(settings)
+    settings = load_settings()
+    try:
+        return _build(settings)
+    except SettingsError as exc:  # e.g. a JWT key that cannot be read: one line, no traceback
+        exit_with(exc)
 
-    api_v1 = Router("/api/v1", route_handlers=[SystemController, AuthController, UserController])
-    api_auth = Router("/api/auth", route_handlers=[AuthController])
-    route_handlers: list[Any] = [api_v1, api_auth]
-    docs_access = docs_gate(settings)
-    if docs_access is not None:
-        route_handlers.append(docs_router(docs_access))
+
+def _build(settings: Settings) -> Litestar:
+    configure_logging(settings)
+    database = build_alchemy_config(settings)
+    codec = TokenCodec(settings.jwt, load_signing_keys(settings.jwt))
+    auth = build_auth(codec, database)
 
     app = Litestar(
-        route_handlers=route_handlers,
-        plugins=[SQLAlchemyPlugin(config=alchemy), GranianPlugin(), FirstRunCLIPlugin()],
+        route_handlers=build_routes(settings),
+        plugins=[SQLAlchemyPlugin(config=database), GranianPlugin(), FirstRunCLIPlugin()],
         middleware=[auth.middleware],
-        state=State({"settings": settings, "alchemy": alchemy}),
+        state=State({"settings": settings, "alchemy": database}),
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "token_codec": Provide(lambda: codec, use_cache=True, sync_to_thread=False),
@@ -56,25 +64,26 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[embedded_lifespan] if settings.embedded else [],
         exception_handlers={Exception: exception_to_response},
         before_send=[client_cache_headers(settings.app.client_cache_max_age)],
-        openapi_config=openapi_config(settings, docs_access, components=OPENAPI_COMPONENTS),
+        openapi_config=openapi_config(settings, docs_gate(settings), components=OPENAPI_COMPONENTS),
         request_max_body_size=REQUEST_MAX_BODY_SIZE,
         logging_config=None,
         debug=False,
     )
+    # Outermost, so unknown routes (404/405) are logged too.
     app.asgi_handler = AccessLog(app.asgi_handler)
     return app
 
 
-@cache
-def _default_app() -> Litestar:
-    try:
-        return create_app()
-    except SettingsError as exc:  # e.g. a JWT key that cannot be read: one line, no traceback
-        exit_with(exc)
+def build_auth(codec: TokenCodec, database: SQLAlchemyAsyncConfig) -> JWTAuth[Any, AppToken]:
+    return build_jwt_auth(codec, request_user_loader(database))
 
 
-def __getattr__(name: str) -> Any:
-    """``app.main:app`` is built on first access, never as a side effect of importing this module."""
-    if name == "app":
-        return _default_app()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def build_routes(settings: Settings) -> list[Any]:
+    """Every route of the API: the features under /api/v1, the auth routes again under /api/auth, the docs."""
+    api_v1 = Router("/api/v1", route_handlers=[SystemController, AuthController, UserController])
+    api_auth = Router("/api/auth", route_handlers=[AuthController])
+    routes: list[Any] = [api_v1, api_auth]
+    docs_access = docs_gate(settings)
+    if docs_access is not None:
+        routes.append(docs_router(docs_access))
+    return routes
