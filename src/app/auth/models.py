@@ -10,7 +10,11 @@ from app.core.db import Base
 
 
 class TokenBlacklist(Base):
-    """A revoked token (SPEC §2.5, §3.7); rows are useless once ``expires_at`` has passed."""
+    """A revoked token or refresh family (SPEC §2.5, §3.7); rows are useless once ``expires_at`` has passed.
+
+    ``token`` is the token's ``jti`` — never its encoding, which has many valid spellings (e.g. with ``=``
+    padding appended) — or the ``fid`` of a refresh family revoked after a replay. Both are random UUID hex.
+    """
 
     __tablename__ = "token_blacklist"
 

@@ -1,54 +1,52 @@
-"""Login, refresh rotation, logout and the token blacklist (SPEC §3, §4.2)."""
+"""Login, refresh rotation with refresh families, logout and the token blacklist (SPEC §3, §4.2)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+from uuid import uuid4
 
 import structlog
-from advanced_alchemy.exceptions import IntegrityError as RepositoryIntegrityError
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from sqlalchemy import delete, exists, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import TokenBlacklist
-from app.core.db import caused_by, utc_now
+from app.core.db import save_unique, utc_now
 from app.core.passwords import verify_password
 from app.core.security import AppToken, IssuedToken, TokenCodec, UserLoader
 from app.users.models import User
-from app.users.schemas import normalize_email
-from app.users.services import UserService
+from app.users.services import UserService, named
 
 logger = structlog.get_logger("app.auth")
 
 
 class BlacklistService(SQLAlchemyAsyncRepositoryService[TokenBlacklist]):
+    """``token_blacklist`` holds the ``jti`` of every revoked token and the id of every revoked refresh family."""
+
     class Repo(SQLAlchemyAsyncRepository[TokenBlacklist]):
         model_type = TokenBlacklist
 
     repository_type = Repo
 
-    async def any_blacklisted(self, *tokens: AppToken) -> bool:
-        statement = select(exists().where(TokenBlacklist.token.in_([token.encoded for token in tokens])))
-        return bool(await self.repository.session.scalar(statement))
+    async def revoked_keys(self, *tokens: AppToken) -> set[str]:
+        """Which of the tokens' ``jti``/``fid`` values are blacklisted."""
+        keys = [key for token in tokens for key in token.revocation_keys]
+        statement = select(TokenBlacklist.token).where(TokenBlacklist.token.in_(keys))
+        return set((await self.repository.session.scalars(statement)).all())
 
-    async def revoke(self, token: AppToken) -> bool:
-        """Blacklist ``token`` until its expiry; ``False`` if it already was (e.g. a concurrent request won)."""
+    async def revoke(self, key: str, expires_at: datetime) -> bool:
+        """Blacklist ``key`` until ``expires_at``; ``False`` if it already was (e.g. a concurrent request won)."""
         session = self.repository.session
-        try:
-            async with session.begin_nested():
-                session.add(TokenBlacklist(token=token.encoded, expires_at=token.exp))
-                await session.flush()
-        except (IntegrityError, RepositoryIntegrityError) as error:
-            if not caused_by(error, IntegrityError):  # e.g. a lost connection, reported as 503
-                raise
-            return False
-        return True
+        return await save_unique(session, lambda: session.add(TokenBlacklist(token=key, expires_at=expires_at)))
+
+    async def revoke_token(self, token: AppToken) -> bool:
+        return await self.revoke(str(token.jti), token.exp)
 
     async def purge_expired(self) -> int:
         """Rows past ``expires_at`` can never match a usable token (SPEC §3.7)."""
@@ -59,14 +57,15 @@ class BlacklistService(SQLAlchemyAsyncRepositoryService[TokenBlacklist]):
 
 
 async def load_active_user(session: AsyncSession, token: AppToken) -> User | None:
-    """Checks 1 and 6 of SPEC §3.5 in one query: the token is not blacklisted and its user is active.
+    """Checks 5 and 6 of SPEC §3.5 in one query: neither the token nor its family is blacklisted, and its
+    user exists, is not soft-deleted, is named by ``sub`` and has the id ``uid``.
 
     This keeps an authenticated request at one database query before the handler, and revocation can
     never fail open: the blacklist is read from the same database that stores it.
     """
-    subject = User.email == normalize_email(token.sub) if "@" in token.sub else User.username == token.sub
-    blacklisted = exists().where(TokenBlacklist.token == token.encoded)
-    row = (await session.execute(select(User, blacklisted).where(subject, User.is_deleted.is_(False)))).first()
+    revoked = exists().where(TokenBlacklist.token.in_(token.revocation_keys))
+    statement = select(User, revoked).where(User.id == token.uid, named(token.sub), User.is_deleted.is_(False))
+    row = (await session.execute(statement)).first()
     if row is None or row[1]:
         return None
     user: User = row[0]
@@ -95,9 +94,12 @@ class AuthService:
         self.users = UserService(session=session)
         self.blacklist = BlacklistService(session=session)
 
-    def issue(self, user: User) -> TokenPair:
-        # SPEC §3.2: `sub` is always the username, even after a login by email.
-        return TokenPair(self.codec.issue(user.username, "access"), self.codec.issue(user.username, "refresh"))
+    def issue(self, user: User, *, family: str) -> TokenPair:
+        # SPEC §3.2: `sub` is always the username, even after a login by email; `uid` binds the token to the row.
+        return TokenPair(
+            self.codec.issue(user.username, user.id, "access", family=family),
+            self.codec.issue(user.username, user.id, "refresh", family=family),
+        )
 
     async def login(self, username_or_email: str, password: str) -> TokenPair | None:
         user = await self.users.get_for_login(username_or_email)
@@ -108,41 +110,65 @@ class AuthService:
         if upgraded_hash is not None:  # a legacy bcrypt hash becomes Argon2id transparently
             user.hashed_password = upgraded_hash
             await self.session.flush()
-        return self.issue(user)
+        return self.issue(user, family=uuid4().hex)  # every login starts a refresh family
 
     async def refresh(self, encoded: str) -> TokenPair | None:
-        """SPEC §4.2 A2: rotation — the presented refresh token is blacklisted as the new pair is issued."""
+        """SPEC §4.2 A2: rotation — the presented refresh token is blacklisted as the new pair is issued.
+
+        A refresh token is used once. When it comes back — later or in a concurrent request — that is a
+        replay (SPEC §3.7): its whole family is revoked, so the thief and the victim cannot both keep a
+        session alive. Clients refresh single-flight (one refresh at a time per session).
+        """
         token = self.codec.decode(encoded, "refresh")
         if token is None:
             return None
+        revoked = await self.blacklist.revoked_keys(token)
+        if token.fid in revoked:
+            return None
+        if token.jti in revoked:
+            await self._revoke_family(token)
+            return None
         user = await load_active_user(self.session, token)
         if user is None:
-            if await self.blacklist.any_blacklisted(token):
-                logger.warning("rotated refresh token presented again: possible replay", sub=token.sub, jti=token.jti)
             return None
-        if not await self.blacklist.revoke(token):
-            logger.warning("refresh token rotated concurrently: possible replay", sub=token.sub, jti=token.jti)
+        if not await self.blacklist.revoke_token(token):
+            # A concurrent request with the same token rotated it first: this is a second use all the same.
+            await self._revoke_family(token)
             return None
-        return self.issue(user)
+        return self.issue(user, family=token.fid or uuid4().hex)
+
+    async def _revoke_family(self, token: AppToken) -> None:
+        logger.warning(
+            "rotated refresh token presented again: possible replay, its family is revoked",
+            user_id=token.uid,
+            jti=token.jti,
+            family=token.fid,
+        )
+        if token.fid is None:
+            return
+        # Every token of the family expires within one refresh lifetime from now.
+        await self.blacklist.revoke(token.fid, utc_now() + self.codec.lifetimes["refresh"])
+        # The 401 that follows rolls the request's transaction back (SPEC §1.6); the revocation must outlive it.
+        await self.session.commit()
 
     async def logout(self, access_encoded: str, refresh_encoded: str) -> bool:
         """SPEC §4.2 A3: both tokens must pass checks 1–5 for their type; both are then blacklisted."""
         access = self.codec.decode(access_encoded, "access")
         refresh = self.codec.decode(refresh_encoded, "refresh")
-        if access is None or refresh is None or await self.blacklist.any_blacklisted(access, refresh):
+        if access is None or refresh is None or await self.blacklist.revoked_keys(access, refresh):
             return False
-        return await self.blacklist.revoke(access) and await self.blacklist.revoke(refresh)
+        return await self.blacklist.revoke_token(access) and await self.blacklist.revoke_token(refresh)
 
     async def revoke_session(self, access: AppToken, refresh_encoded: str | None) -> bool:
         """Account deletion (SPEC §4.3 U6): revoke the presented access token and, if valid, the refresh cookie.
 
         Returns whether the refresh cookie was revoked (and so must be expired).
         """
-        await self.blacklist.revoke(access)
+        await self.blacklist.revoke_token(access)
         refresh = self.codec.decode(refresh_encoded, "refresh") if refresh_encoded else None
-        if refresh is None or await self.blacklist.any_blacklisted(refresh):
+        if refresh is None or await self.blacklist.revoked_keys(refresh):
             return False
-        return await self.blacklist.revoke(refresh)
+        return await self.blacklist.revoke_token(refresh)
 
 
 def provide_auth_service(

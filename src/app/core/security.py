@@ -1,15 +1,16 @@
 """JWT authentication (SPEC §3): RS256 by default, Litestar's ``JWTAuth`` with a bearer-only middleware.
 
-A token is accepted as type *T* when (§3.5) it is not blacklisted, its signature verifies under the one
-configured algorithm, ``exp`` is in the future, ``sub`` is present, its type claim equals *T*, and its user
-exists and is not soft-deleted. The signature/claim checks live here; the blacklist and user checks are one
-query supplied by the auth feature (``load_user``).
+A token is accepted as type *T* when (§3.5) its signature verifies under the one configured algorithm,
+``exp`` is in the future, ``sub``, ``uid`` and ``jti`` are present, its type claim equals *T*, neither its
+``jti`` nor its refresh family (``fid``) is blacklisted, and its user exists, is not soft-deleted and has
+the id ``uid``. The signature and claim checks live here; the blacklist and user checks are one query
+supplied by the auth feature (``load_user``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Self
 from uuid import uuid4
@@ -22,6 +23,7 @@ from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityReq
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 from app.core.errors import NOT_AUTHENTICATED, USER_NOT_AUTHENTICATED
+from app.core.fields import is_db_id, storable
 from app.core.keys import SigningKeys
 from app.core.logging import USER_ID_STATE_KEY
 from app.core.settings import JWTSettings
@@ -44,39 +46,61 @@ OPENAPI_COMPONENTS = Components(
 
 @dataclass
 class AppToken(Token):
-    """``sub``, ``exp``, ``iat``, ``jti`` plus the configurable type claim, all flat in the payload."""
+    """``sub``, ``uid``, ``exp``, ``iat``, ``jti``, ``fid`` plus the configurable type claim, all flat.
 
-    encoded: str = field(default="", repr=False, compare=False)
-    """The token as received; the blacklist stores and compares whole tokens (SPEC §2.5)."""
+    ``uid`` binds the token to one user row: a username can be released (rename, hard delete) and
+    registered again, and the new owner must not inherit old tokens (SPEC §3.2). ``fid`` names the
+    refresh family — every token descending from one login — so a replayed refresh token can revoke
+    them all (SPEC §3.7).
+    """
+
+    uid: int = 0
+    fid: str | None = None
 
     def encode(self, secret: Any, algorithm: str) -> str:
-        claims = {
-            name: value
-            for name, value in asdict(self).items()
-            if value is not None and name not in {"extras", "encoded"}
-        }
+        claims = {name: value for name, value in asdict(self).items() if value is not None and name != "extras"}
         return jwt.encode(claims | self.extras, key=secret, algorithm=algorithm)
 
     @classmethod
     def decode(  # type: ignore[override]  # the key may be a parsed key object, and no audience/issuer is used
         cls, encoded_token: str, secret: Any, algorithm: str, **_: Any
     ) -> Self:
-        """Checks 2–4 of SPEC §3.5; ``iat`` and ``jti`` are optional on input."""
+        """Checks 1–3 of SPEC §3.5; ``iat`` and ``fid`` are optional on input."""
         try:
             # The algorithm is pinned: a token signed with any other `alg` (including "none") is rejected.
-            payload = jwt.decode(encoded_token, key=secret, algorithms=[algorithm], options={"require": ["exp", "sub"]})
+            payload = jwt.decode(
+                encoded_token, key=secret, algorithms=[algorithm], options={"require": ["exp", "sub", "uid", "jti"]}
+            )
             iat = payload.pop("iat", None)
             token = cls(
-                sub=payload.pop("sub"),
+                sub=_claim(payload.pop("sub"), str),
+                uid=_claim(payload.pop("uid"), int),
+                jti=_claim(payload.pop("jti"), str),
+                fid=_claim(payload.pop("fid", None), str, optional=True),
                 exp=datetime.fromtimestamp(payload.pop("exp"), UTC),
                 iat=datetime.fromtimestamp(iat, UTC) if iat is not None else datetime.now(UTC),
-                jti=payload.pop("jti", None),
                 extras=payload,
             )
         except (jwt.InvalidTokenError, ImproperlyConfiguredException, TypeError, ValueError, OverflowError):
             raise NotAuthorizedException(USER_NOT_AUTHENTICATED) from None
-        token.encoded = encoded_token
         return token
+
+    @property
+    def revocation_keys(self) -> list[str]:
+        """The ``token_blacklist`` values that revoke this token: its own ``jti`` and its family's id."""
+        keys = [str(self.jti)]
+        return [*keys, self.fid] if self.fid else keys
+
+
+def _claim(value: Any, kind: type[int | str], *, optional: bool = False) -> Any:
+    """A claim of the expected JSON type (``uid`` an id of the integer range, text without NUL), else reject."""
+    if value is None and optional:
+        return None
+    if kind is int and (type(value) is not int or not is_db_id(value)):
+        raise ValueError("uid")
+    if kind is str and (type(value) is not str or not value or not storable(value)):
+        raise ValueError("claim")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,17 +125,19 @@ class TokenCodec:
             "refresh": timedelta(days=settings.refresh_token_expire_days),
         }
 
-    def issue(self, subject: str, kind: TokenKind) -> IssuedToken:
+    def issue(self, subject: str, user_id: int, kind: TokenKind, *, family: str) -> IssuedToken:
         token = AppToken(
             sub=subject,
+            uid=user_id,
             exp=datetime.now(UTC) + self.lifetimes[kind],
             jti=uuid4().hex,  # SPEC §3.2 [Δ]: every token is unique, even two issued in the same second
+            fid=family,
             extras={self.type_claim: self.type_values[kind]},
         )
         return IssuedToken(encoded=token.encode(self.keys.signing, self.settings.algorithm), expires_at=token.exp)
 
     def decode(self, encoded: str, kind: TokenKind) -> AppToken | None:
-        """Checks 2–5 of SPEC §3.5; ``None`` when any fails."""
+        """Checks 1–4 of SPEC §3.5; ``None`` when any fails."""
         try:
             token = AppToken.decode(encoded, self.keys.verification, self.settings.algorithm)
         except NotAuthorizedException:
