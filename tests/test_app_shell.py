@@ -52,6 +52,15 @@ async def test_successful_responses_are_public_unless_a_token_was_sent(client: A
     assert with_token.headers["cache-control"] == "private, max-age=30"
 
 
+async def test_answers_to_writes_are_never_stored(client: AsyncTestClient) -> None:
+    """SPEC §7 (amended): a successful non-GET answer, e.g. the 201 of a registration, is ``no-store``."""
+    body = {"name": "Ann Smith", "username": "ann", "email": "ann@example.com", "password": "password1"}
+    response = await client.post("/api/v1/user", json=body)
+    assert response.status_code == 201
+    assert response.headers["cache-control"] == "no-store"
+    assert (await client.get("/api/v1/users")).headers["cache-control"] == "public, max-age=30"
+
+
 async def test_client_cache_max_age_zero(settings_with: Callable[..., Settings]) -> None:
     async with AsyncTestClient(create_app(settings_with(CLIENT_CACHE_MAX_AGE="0"))) as client:
         response = await client.get("/openapi.json")

@@ -6,6 +6,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.types import BeforeMessageSendHookHandler, Message, Scope
 
 NO_STORE = "no-store"
+_CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 
 
 def client_cache_headers(max_age: int) -> BeforeMessageSendHookHandler:
@@ -18,7 +19,8 @@ def client_cache_headers(max_age: int) -> BeforeMessageSendHookHandler:
         headers = MutableScopeHeaders.from_message(message)
         if "cache-control" in headers:
             return  # set by the handler (auth routes, health, staging docs): kept as set
-        if message["status"] >= 400:
+        # SPEC §7 (amended): errors and the answers to writes (e.g. the 201 of a registration) are never stored.
+        if message["status"] >= 400 or scope.get("method") not in _CACHEABLE_METHODS:
             headers["Cache-Control"] = NO_STORE
             return
         has_authorization = any(name == b"authorization" for name, _ in scope["headers"])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -15,6 +16,7 @@ from advanced_alchemy.extensions.litestar import (
 )
 from advanced_alchemy.types import DateTimeUTC
 from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -63,12 +65,44 @@ def caused_by(error: BaseException, kinds: type[BaseException] | tuple[type[Base
     advanced-alchemy re-raises driver errors as its own types (a closed connection becomes its
     ``IntegrityError``), so the original error is only visible in the chain.
     """
+    return any(isinstance(cause, kinds) for cause in _causes(error))
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
     seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, kinds):
-            return True
+    while seen is not None and seen not in chain:
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
+    return chain
+
+
+def is_unique_violation(error: BaseException) -> bool:
+    """Whether a database error is a UNIQUE constraint rejecting a row (PostgreSQL or SQLite)."""
+    for cause in _causes(error):
+        if getattr(cause, "sqlstate", None) == "23505":  # PostgreSQL unique_violation
+            return True
+        if isinstance(cause, sqlite3.IntegrityError) and str(cause).startswith("UNIQUE constraint failed"):
+            return True
     return False
+
+
+async def save_unique(session: AsyncSession, apply: Callable[[], None]) -> bool:
+    """Apply a change and flush it in a savepoint; ``False`` when a UNIQUE constraint rejected it.
+
+    SPEC §1.3: a concurrent request can win the race between a service's pre-check and its write. The
+    savepoint keeps the request's transaction usable, so the caller can still answer the pre-check's 422
+    (or treat the row as already there). Any other error propagates unchanged.
+    """
+    try:
+        async with session.begin_nested():
+            apply()
+            await session.flush()
+    except IntegrityError as error:
+        if not is_unique_violation(error):
+            raise
+        return False
+    return True
 
 
 def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:

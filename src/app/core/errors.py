@@ -6,11 +6,14 @@ import re
 from typing import Any
 
 import structlog
+from advanced_alchemy.exceptions import IntegrityError as RepositoryIntegrityError
+from advanced_alchemy.exceptions import NotFoundError, RepositoryError
 from litestar import MediaType, Request, Response
 from litestar.exceptions import ClientException, HTTPException, ValidationException
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_401_UNAUTHORIZED,
+    HTTP_404_NOT_FOUND,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
@@ -29,6 +32,8 @@ USER_NOT_AUTHENTICATED = "User not authenticated."
 NOT_ENOUGH_PRIVILEGES = "You do not have enough privileges."
 FORBIDDEN = "Request forbidden -- authorization will not help"
 RATE_LIMIT_EXCEEDED = "Rate limit exceeded."
+NOT_FOUND = "Not Found"
+UNPROCESSABLE = "Unprocessable Entity"
 INTERNAL_SERVER_ERROR = "Internal Server Error"
 SERVICE_UNAVAILABLE = "Service Unavailable"
 
@@ -72,26 +77,54 @@ def _name_body_fields(extra: Any) -> Any:
 
 def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """The single exception handler of the app: every error leaves through here, never with a traceback."""
+    if isinstance(exc, HTTPException) and exc.status_code != HTTP_500_INTERNAL_SERVER_ERROR:
+        return _http_error_response(request, exc)
+    if caused_by(exc, UNAVAILABLE_ERRORS):
+        logger.error("dependency unavailable", error=type(exc).__name__, path=request.url.path)
+        return error_response(HTTP_503_SERVICE_UNAVAILABLE, SERVICE_UNAVAILABLE, headers={"Retry-After": "5"})
+    if isinstance(exc, RepositoryError) and (response := _repository_error_response(exc)) is not None:
+        return response
+    logger.error("unhandled error", exc_info=exc, path=request.url.path, method=request.method)
+    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, INTERNAL_SERVER_ERROR)
+
+
+def _http_error_response(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     if isinstance(exc, ValidationException):
         # SPEC §1.3: validation errors are 422 (Litestar's default is 400) and keep the per-field list in `extra`.
         extra = _name_body_fields(exc.extra or [])
         return error_response(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail, extra=extra, headers=exc.headers)
-    if isinstance(exc, HTTPException) and exc.status_code == HTTP_400_BAD_REQUEST:
+    if exc.status_code == HTTP_400_BAD_REQUEST:
         # Litestar's other 400s are unparseable requests (malformed JSON, broken multipart): validation errors too.
         extra = [{"message": exc.detail, "key": "body", "source": "body"}]
-        return exception_to_response(request, validation_failed(request, extra))
-    if isinstance(exc, HTTPException) and exc.status_code < HTTP_500_INTERNAL_SERVER_ERROR:
-        headers = dict(exc.headers or {})
-        if exc.status_code == HTTP_401_UNAUTHORIZED:
-            headers.setdefault("WWW-Authenticate", "Bearer")
-        return error_response(exc.status_code, exc.detail, headers=headers)
-    if isinstance(exc, HTTPException) and exc.status_code != HTTP_500_INTERNAL_SERVER_ERROR:
-        return error_response(exc.status_code, exc.detail, headers=exc.headers)
-    if caused_by(exc, UNAVAILABLE_ERRORS):
-        logger.error("dependency unavailable", error=type(exc).__name__, path=request.url.path)
-        return error_response(HTTP_503_SERVICE_UNAVAILABLE, SERVICE_UNAVAILABLE, headers={"Retry-After": "5"})
-    logger.error("unhandled error", exc_info=exc, path=request.url.path, method=request.method)
-    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, INTERNAL_SERVER_ERROR)
+        return _http_error_response(request, validation_failed(request, extra))
+    headers = dict(exc.headers or {})
+    if exc.status_code == HTTP_401_UNAUTHORIZED:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    return error_response(exc.status_code, exc.detail, headers=headers)
+
+
+def _repository_error_response(exc: RepositoryError) -> Response[dict[str, Any]] | None:
+    """advanced-alchemy's own errors: a missing row is the route's 404 and a conflict its 422.
+
+    Their texts come from each repository's ``error_messages`` (e.g. ``{"not_found": "User not found"}``),
+    so ``service.get(id)`` on a missing row can never answer 500.
+    """
+    if isinstance(exc, NotFoundError):
+        return error_response(HTTP_404_NOT_FOUND, exc.detail or NOT_FOUND)
+    if isinstance(exc, RepositoryIntegrityError):  # DuplicateKeyError and ForeignKeyError included
+        return error_response(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail or UNPROCESSABLE)
+    return None
+
+
+class AppRequest(Request[Any, Any, Any]):
+    """The app's request class: a JSON body nested deeper than the decoder allows is a 422 like any other
+    undecodable body (SPEC §1.7), not a ``RecursionError`` 500."""
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except RecursionError:
+            raise ClientException("JSON body is nested too deeply") from None
 
 
 class UnprocessableError(ClientException):

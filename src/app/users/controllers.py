@@ -8,12 +8,12 @@ import msgspec
 from advanced_alchemy.extensions.litestar.providers import create_service_provider
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromCookie, FromPath, FromQuery, JSONBody
+from litestar.params import FromCookie, FromPath, JSONBody
 
 from app.auth.cookies import expired_refresh_cookie
 from app.auth.services import AuthService, provide_auth_service
-from app.core.guards import ensure_owner, requires_superuser
-from app.core.schemas import ItemsPerPage, Message, Page, PageNumber, page_of
+from app.core.guards import requires_superuser
+from app.core.schemas import Message, Page, Pagination, to_struct
 from app.core.security import BEARER, AppToken
 from app.tiers.schemas import RateLimitRead
 from app.users.models import User
@@ -21,13 +21,9 @@ from app.users.schemas import UserCreate, UserRateLimits, UserRead, UserTier, Us
 from app.users.services import UserService
 
 
-def to_read(user: User) -> UserRead:
-    return msgspec.convert(user, UserRead, from_attributes=True)
-
-
 def read_fields(user: User) -> dict[str, Any]:
     """The ``UserRead`` fields, for the bodies that extend it."""
-    return msgspec.structs.asdict(to_read(user))
+    return msgspec.structs.asdict(to_struct(user, UserRead))
 
 
 class UserController(Controller):
@@ -40,27 +36,24 @@ class UserController(Controller):
     @post("/user", exclude_from_auth=True)
     async def register(self, data: JSONBody[UserCreate], users: NamedDependency[UserService]) -> UserRead:
         """Register a user."""
-        return to_read(await users.register(data))
+        return to_struct(await users.register(data), UserRead)
 
     @get("/users", exclude_from_auth=True)
     async def list_users(
-        self,
-        users: NamedDependency[UserService],
-        page: FromQuery[PageNumber] = 1,
-        items_per_page: FromQuery[ItemsPerPage] = 10,
+        self, users: NamedDependency[UserService], pagination: NamedDependency[Pagination]
     ) -> Page[UserRead]:
         """Users that are not deleted, by id."""
-        rows, total = await users.list_active(page, items_per_page)
-        return page_of([to_read(user) for user in rows], total, page, items_per_page)
+        rows, total = await users.list_active(pagination)
+        return pagination.page_of(rows, total, UserRead)
 
     @get("/user/me", security=BEARER)
     async def read_me(self, request: Request[User, AppToken, Any]) -> UserRead:
         """The caller's own profile."""
-        return to_read(request.user)
+        return to_struct(request.user, UserRead)
 
     @get("/user/{username:str}", exclude_from_auth=True)
     async def read_user(self, username: FromPath[str], users: NamedDependency[UserService]) -> UserRead:
-        return to_read(await users.get_by_username(username))
+        return to_struct(await users.get_by_username(username), UserRead)
 
     @patch("/user/{username:str}", security=BEARER)
     async def update_user(
@@ -71,9 +64,7 @@ class UserController(Controller):
         users: NamedDependency[UserService],
     ) -> Message:
         """Owner only. Renaming invalidates the user's tokens: they must log in again."""
-        user = await users.get_by_username(username, include_deleted=True)
-        ensure_owner(user.username, request.user)
-        await users.update_profile(user, data)
+        await users.update_profile(await users.get_for_owner(username, request.user), data)
         return Message("User updated")
 
     @delete("/user/{username:str}", status_code=200, security=BEARER)
@@ -86,9 +77,7 @@ class UserController(Controller):
         refresh_token: FromCookie[str | None] = None,
     ) -> Response[Message]:
         """Owner only: soft delete, then revoke the presented access token and refresh cookie."""
-        user = await users.get_by_username(username, include_deleted=True)
-        ensure_owner(user.username, request.user)
-        await users.soft_delete(user)
+        await users.soft_delete(await users.get_for_owner(username, request.user))
         cookie_revoked = await auth_service.revoke_session(request.auth, refresh_token)
         return Response(Message("User deleted"), cookies=[expired_refresh_cookie()] if cookie_revoked else [])
 
@@ -107,7 +96,7 @@ class UserController(Controller):
         limits = await users.rate_limits_of(user)
         return UserRateLimits(
             **read_fields(user),
-            tier_rate_limits=[msgspec.convert(limit, RateLimitRead, from_attributes=True) for limit in limits],
+            tier_rate_limits=[to_struct(limit, RateLimitRead) for limit in limits],
         )
 
     @get("/user/{username:str}/tier", exclude_from_auth=True)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import msgspec
 
+from app.core.fields import DbId, Url, matching, text
 from app.tiers.schemas import RateLimitRead
 
 # SPEC §4.1 [Δ]: static path segments win over {username}, so these can never be usernames.
@@ -15,16 +16,14 @@ RESERVED_USERNAMES = frozenset(
 )
 
 _EMAIL_PATTERN = (
-    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
 )
-URL_PATTERN = r"^(https?|ftp)://[^\s/$.?#].[^\s]*$"
 
-Name = Annotated[str, msgspec.Meta(min_length=2, max_length=30, examples=["User Userson"])]
-Username = Annotated[str, msgspec.Meta(min_length=2, max_length=20, pattern=r"^[a-z0-9]+$", examples=["userson"])]
-Email = Annotated[str, msgspec.Meta(max_length=50, pattern=_EMAIL_PATTERN, examples=["user.userson@example.com"])]
-Password = Annotated[str, msgspec.Meta(min_length=8, max_length=128, examples=["Str1ngst!"])]
-ImageUrl = Annotated[str, msgspec.Meta(pattern=URL_PATTERN, examples=["https://www.profileimageurl.com"])]
+Name = Annotated[str, text(2, 30, examples=["User Userson"])]
+Username = Annotated[str, matching(r"[a-z0-9]+", min_length=2, max_length=20, examples=["userson"])]
+Email = Annotated[str, matching(_EMAIL_PATTERN, max_length=50, examples=["user.userson@example.com"])]
+Password = Annotated[str, text(8, 128, examples=["Str1ngst!"])]
 
 
 def normalize_email(email: str) -> str:
@@ -46,7 +45,7 @@ class UserUpdate(msgspec.Struct, forbid_unknown_fields=True):
     name: Name | msgspec.UnsetType = msgspec.UNSET
     username: Username | msgspec.UnsetType = msgspec.UNSET
     email: Email | msgspec.UnsetType = msgspec.UNSET
-    profile_image_url: ImageUrl | msgspec.UnsetType = msgspec.UNSET
+    profile_image_url: Url | msgspec.UnsetType = msgspec.UNSET
 
     def to_dict(self) -> dict[str, str]:
         """Only the fields the client sent."""
@@ -65,7 +64,7 @@ class UserRead(msgspec.Struct):
 class UserTierUpdate(msgspec.Struct):
     """Unknown fields are ignored here (parity, SPEC §4.3 U10)."""
 
-    tier_id: int
+    tier_id: DbId
 
 
 class UserRateLimits(UserRead):

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from advanced_alchemy.exceptions import IntegrityError as RepositoryIntegrityError
+from advanced_alchemy.exceptions import ErrorMessages
 from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.exceptions import NotFoundException
-from sqlalchemy import or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import ColumnElement, or_, select
 
-from app.core.db import caused_by, utc_now
+from app.core.db import save_unique, utc_now
 from app.core.errors import UnprocessableError
+from app.core.fields import storable
+from app.core.guards import ensure_owner
 from app.core.passwords import hash_password
+from app.core.schemas import Pagination
 from app.tiers.models import RateLimit, Tier
 from app.users.models import User
 from app.users.schemas import RESERVED_USERNAMES, UserCreate, UserUpdate, normalize_email
@@ -25,28 +28,47 @@ EMAIL_TAKEN = "Email is already registered"
 USERNAME_TAKEN = "Username not available"
 
 
+def named(identifier: str) -> ColumnElement[bool]:
+    """The user a login name or a token's ``sub`` names (SPEC §3.5, §4.2): an ``@`` means the email
+    (stored with the domain lowercased), anything else the username."""
+    if "@" in identifier:
+        return User.email == normalize_email(identifier)
+    return User.username == identifier
+
+
 class UserService(SQLAlchemyAsyncRepositoryService[User]):
     class Repo(SQLAlchemyAsyncRepository[User]):
         model_type = User
+        # `self.get(id)` on a missing row answers this 404 (app.core.errors maps the error).
+        error_messages: ErrorMessages | None = {"not_found": USER_NOT_FOUND}
 
     repository_type = Repo
 
     async def get_by_username(self, username: str, *, include_deleted: bool = False) -> User:
-        filters = {"username": username} if include_deleted else {"username": username, "is_deleted": False}
-        user = await self.get_one_or_none(**filters)
+        filters: dict[str, Any] = (
+            {"username": username} if include_deleted else {"username": username, "is_deleted": False}
+        )
+        user = await self.get_one_or_none(**filters) if storable(username) else None
         if user is None:
             raise NotFoundException(USER_NOT_FOUND)
         return user
 
-    async def get_for_login(self, username_or_email: str) -> User | None:
-        """SPEC §4.2 A1: an ``@`` means email (domain lowercased); soft-deleted users cannot log in."""
-        if "@" in username_or_email:
-            return await self.get_one_or_none(email=normalize_email(username_or_email), is_deleted=False)
-        return await self.get_one_or_none(username=username_or_email, is_deleted=False)
+    async def get_for_owner(self, username: str, caller: User) -> User:
+        """Owner routes (SPEC §1.2): 404 when there is no such user (soft-deleted included), then 403 when it
+        is not the caller."""
+        user = await self.get_by_username(username, include_deleted=True)
+        ensure_owner(user.username, caller)
+        return user
 
-    async def list_active(self, page: int, items_per_page: int) -> tuple[list[User], int]:
+    async def get_for_login(self, username_or_email: str) -> User | None:
+        """SPEC §4.2 A1: soft-deleted users cannot log in; a name that cannot be stored names nobody."""
+        if not storable(username_or_email):
+            return None
+        return await self.get_one_or_none(named(username_or_email), User.is_deleted.is_(False))
+
+    async def list_active(self, pagination: Pagination) -> tuple[list[User], int]:
         users, total = await self.get_many_and_count(
-            LimitOffset(limit=items_per_page, offset=(page - 1) * items_per_page),
+            LimitOffset(limit=pagination.limit, offset=pagination.offset),
             OrderBy(field_name="id", sort_order="asc"),
             is_deleted=False,
         )
@@ -75,7 +97,7 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
             hashed_password=await hash_password(data.password),
             is_superuser=is_superuser,
         )
-        await self._save_unique(lambda: self.repository.session.add(user), email=user.email)
+        await self._save_or_reject(lambda: self.repository.session.add(user), email=user.email)
         return user
 
     async def update_profile(self, user: User, data: UserUpdate) -> None:
@@ -84,9 +106,11 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
         renamed = "username" in changes and changes["username"] != user.username
         if renamed and not await self.username_available(changes["username"]):
             raise UnprocessableError(USERNAME_TAKEN)
+        new_email = None
         if "email" in changes:
             changes["email"] = normalize_email(changes["email"])
-            if changes["email"] != user.email and await self.email_taken(changes["email"]):
+            new_email = changes["email"] if changes["email"] != user.email else None
+            if new_email is not None and await self.email_taken(new_email):
                 raise UnprocessableError(EMAIL_TAKEN)
 
         def apply() -> None:
@@ -94,7 +118,7 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
                 setattr(user, name, value)
             user.updated_at = utc_now()
 
-        await self._save_unique(apply, email=changes.get("email"))
+        await self._save_or_reject(apply, email=new_email)
 
     async def soft_delete(self, user: User) -> None:
         user.mark_deleted()
@@ -123,19 +147,10 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
         user.updated_at = utc_now()
         await self.repository.session.flush()
 
-    async def _save_unique(self, apply: Callable[[], None], *, email: str | None) -> None:
-        """SPEC §1.3: a unique violation from a concurrent request answers the same 422 as the pre-check.
-
-        The change is applied inside a savepoint, so the violation leaves the request's transaction usable.
-        """
-        session = self.repository.session
-        try:
-            async with session.begin_nested():
-                apply()
-                await session.flush()
-        except (IntegrityError, RepositoryIntegrityError) as error:
-            if not caused_by(error, IntegrityError):  # e.g. a lost connection, reported as 503
-                raise
-            if email is not None and await self.email_taken(email):
-                raise UnprocessableError(EMAIL_TAKEN) from None
-            raise UnprocessableError(USERNAME_TAKEN) from None
+    async def _save_or_reject(self, apply: Callable[[], None], *, email: str | None) -> None:
+        """SPEC §1.3: a unique violation from a concurrent request answers the same 422 as the pre-check."""
+        if await save_unique(self.repository.session, apply):
+            return
+        if email is not None and await self.email_taken(email):
+            raise UnprocessableError(EMAIL_TAKEN)
+        raise UnprocessableError(USERNAME_TAKEN)
