@@ -21,12 +21,15 @@ from app.auth.services import request_user_loader
 from app.cli import FirstRunCLIPlugin
 from app.core.client_cache import client_cache_headers
 from app.core.db import build_alchemy_config
+from app.core.docs import docs_router
 from app.core.embedded import embedded_lifespan
-from app.core.errors import exception_to_response
+from app.core.errors import AppRequest, exception_to_response
 from app.core.keys import load_signing_keys
 from app.core.logging import AccessLog, configure_logging
-from app.core.openapi import docs_gate, docs_router, openapi_config
+from app.core.openapi import docs_gate, openapi_config
+from app.core.schemas import provide_pagination
 from app.core.security import OPENAPI_COMPONENTS, AppToken, TokenCodec, build_jwt_auth
+from app.core.security_headers import add_security_headers
 from app.core.settings import Settings, SettingsError, exit_with, load_settings
 from app.system.controllers import SystemController
 from app.users.controllers import UserController
@@ -60,10 +63,12 @@ def _build(settings: Settings) -> Litestar:
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "token_codec": Provide(lambda: codec, use_cache=True, sync_to_thread=False),
+            "pagination": Provide(provide_pagination, sync_to_thread=False),
         },
         lifespan=[embedded_lifespan] if settings.embedded else [],
+        request_class=AppRequest,
         exception_handlers={Exception: exception_to_response},
-        before_send=[client_cache_headers(settings.app.client_cache_max_age)],
+        before_send=[client_cache_headers(settings.app.client_cache_max_age), add_security_headers],
         openapi_config=openapi_config(settings, docs_gate(settings), components=OPENAPI_COMPONENTS),
         request_max_body_size=REQUEST_MAX_BODY_SIZE,
         logging_config=None,

@@ -1,20 +1,49 @@
-"""API documentation at /docs, /redoc and /openapi.json, gated by environment (SPEC §8)."""
+"""The OpenAPI document (SPEC §8): gated by environment, and describing every error a route can answer (§1.3)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
-from litestar import MediaType, Request, Router, get
+from litestar import MediaType, Router
+from litestar._openapi.utils import default_operation_id_creator
 from litestar.datastructures import CacheControlHeader
+from litestar.enums import HttpMethod, ParamType
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Components, Contact, License
-from litestar.types import Guard
+from litestar.openapi.spec import (
+    Components,
+    Contact,
+    License,
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Parameter,
+    Reference,
+    Schema,
+)
+from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
+    HTTP_401_UNAUTHORIZED,
+    HTTP_403_FORBIDDEN,
+    HTTP_404_NOT_FOUND,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_429_TOO_MANY_REQUESTS,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+)
+from litestar.types import Guard, Method
+from litestar.types.internal_types import PathParameterDefinition
 
 from app.core.guards import requires_superuser
 from app.core.settings import Settings
+
+EXCLUDE_FROM_AUTH = "exclude_from_auth"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,41 +61,7 @@ def docs_gate(settings: Settings) -> DocsAccess | None:
     if settings.app.environment == "staging":
         # SPEC §8: a superuser's bearer token; every docs response is `no-store`.
         return DocsAccess(guards=[requires_superuser], opt={}, cache_control=CacheControlHeader(no_store=True))
-    return DocsAccess(guards=[], opt={"exclude_from_auth": True}, cache_control=None)
-
-
-def docs_router(access: DocsAccess) -> Router:
-    # Both UIs embed the schema in the page, so they work wherever the page itself is allowed.
-    swagger = SwaggerRenderPlugin()
-    redoc = RedocRenderPlugin()
-    json = JsonRenderPlugin()
-    rendered: dict[str, Any] = {}
-
-    def _schema(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        """The document never changes once the app is built: render it on first use only."""
-        if not rendered:
-            rendered.update(request.app.openapi_schema.to_schema())
-        return rendered
-
-    @get("/docs", media_type=MediaType.HTML, include_in_schema=False, sync_to_thread=False)
-    def swagger_ui(request: Request[Any, Any, Any]) -> bytes:
-        return swagger.render(request, _schema(request))
-
-    @get("/redoc", media_type=MediaType.HTML, include_in_schema=False, sync_to_thread=False)
-    def redoc_ui(request: Request[Any, Any, Any]) -> bytes:
-        return redoc.render(request, _schema(request))
-
-    @get("/openapi.json", media_type=MediaType.JSON, include_in_schema=False, sync_to_thread=False)
-    def openapi_json(request: Request[Any, Any, Any]) -> bytes:
-        return json.render(request, _schema(request))
-
-    return Router(
-        "/",
-        route_handlers=[swagger_ui, redoc_ui, openapi_json],
-        guards=list(access.guards),
-        opt=access.opt,
-        cache_control=access.cache_control,
-    )
+    return DocsAccess(guards=[], opt={EXCLUDE_FROM_AUTH: True}, cache_control=None)
 
 
 def openapi_config(settings: Settings, access: DocsAccess | None, *, components: Components) -> OpenAPIConfig | None:
@@ -84,13 +79,151 @@ def openapi_config(settings: Settings, access: DocsAccess | None, *, components:
         license=License(name=app.license_name) if app.license_name else None,
         components=components,
         use_handler_docstrings=True,
+        operation_id_creator=operation_id,
         # Litestar's own /schema routes (allowed by SPEC §8) follow the same gate as /docs.
         openapi_router=Router(
             "/schema",
             route_handlers=[],
+            include_in_schema=False,  # SPEC §8: the docs routes are not in the document
             guards=list(access.guards),
             opt=access.opt,
             cache_control=access.cache_control,
         ),
         render_plugins=[JsonRenderPlugin(), SwaggerRenderPlugin(), RedocRenderPlugin()],
     )
+
+
+# SPEC §1.3: the uniform error body; `extra` only on validation errors (and business-rule 422s omit it).
+_ERROR_FIELDS: dict[str, Schema | Reference] = {
+    "status_code": Schema(type=OpenAPIType.INTEGER),
+    "detail": Schema(type=OpenAPIType.STRING),
+}
+ERROR_BODY = Schema(
+    type=OpenAPIType.OBJECT, required=["status_code", "detail"], properties=_ERROR_FIELDS, additional_properties=False
+)
+VALIDATION_ERROR_BODY = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["status_code", "detail"],
+    properties={
+        **_ERROR_FIELDS,
+        "extra": Schema(
+            type=OpenAPIType.ARRAY,
+            items=Schema(
+                type=OpenAPIType.OBJECT,
+                required=["message", "key", "source"],
+                properties={
+                    "message": Schema(type=OpenAPIType.STRING),
+                    "key": Schema(type=OpenAPIType.STRING),
+                    "source": Schema(type=OpenAPIType.STRING, enum=["body", "query", "path", "header", "cookie"]),
+                },
+            ),
+        ),
+    },
+    additional_properties=False,
+)
+_HEADER = Schema(type=OpenAPIType.STRING)
+# The headers each error status carries (SPEC §1.3, §5.6); documented, not required, as the spec says MAY for some.
+_ERROR_HEADERS: dict[int, dict[str, OpenAPIHeader | Reference]] = {
+    HTTP_401_UNAUTHORIZED: {"WWW-Authenticate": OpenAPIHeader(schema=_HEADER, description="`Bearer`")},
+    HTTP_429_TOO_MANY_REQUESTS: {
+        name: OpenAPIHeader(schema=_HEADER)
+        for name in ("Retry-After", "RateLimit-Policy", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+    },
+}
+_ERROR_DESCRIPTIONS = {
+    HTTP_401_UNAUTHORIZED: "Missing, invalid or revoked token",
+    HTTP_403_FORBIDDEN: "Not allowed for this caller",
+    HTTP_404_NOT_FOUND: "Not found",
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE: "Request body too large",
+    HTTP_422_UNPROCESSABLE_ENTITY: "Validation failed, or a business rule rejected the request",
+    HTTP_429_TOO_MANY_REQUESTS: "Rate limit exceeded",
+}
+OWNER_PATH_PARAMETER = "username"
+RATE_LIMITED_OPT = "rate_limited"
+"""``opt`` key a rate-limited route (or its router) sets to ``True``, so its 429 is documented."""
+
+
+def error_statuses(handler: HTTPRouteHandler, operation: Operation) -> set[int]:
+    """What a route can answer besides its success, derived from how it is declared (SPEC §1.3, §4.1).
+
+    A handler adds a status of its own with Litestar's ``raises=[SomeHTTPException]`` (e.g. an owner check's 403).
+    """
+    parameters = [p for p in operation.parameters or [] if isinstance(p, Parameter)]
+    statuses = {exc.status_code for exc in handler.raises or [] if exc.status_code < HTTP_500_INTERNAL_SERVER_ERROR}
+    if not handler.opt.get(EXCLUDE_FROM_AUTH):
+        statuses.add(HTTP_401_UNAUTHORIZED)
+    # `resolve_guards()` wraps each guard; the layers hold them as declared.
+    if any(requires_superuser in (layer.guards or []) for layer in handler.ownership_layers):
+        statuses.add(HTTP_403_FORBIDDEN)
+    path_parameters = {p.name for p in parameters if p.param_in == ParamType.PATH}
+    if path_parameters:
+        statuses.add(HTTP_404_NOT_FOUND)
+        # SPEC §1.2: an authenticated route on someone's `{username}` is an owner route.
+        if OWNER_PATH_PARAMETER in path_parameters and HTTP_401_UNAUTHORIZED in statuses:
+            statuses.add(HTTP_403_FORBIDDEN)
+    if operation.request_body is not None:
+        statuses.add(HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+    if parameters or operation.request_body is not None:
+        statuses.add(HTTP_422_UNPROCESSABLE_ENTITY)
+    if handler.opt.get(RATE_LIMITED_OPT):
+        statuses.add(HTTP_429_TOO_MANY_REQUESTS)
+    # Litestar documents validation failures as 400; this app answers them with 422 (core/errors.py).
+    statuses.discard(HTTP_400_BAD_REQUEST)
+    return statuses
+
+
+def error_response(status: int) -> OpenAPIResponse:
+    body = VALIDATION_ERROR_BODY if status == HTTP_422_UNPROCESSABLE_ENTITY else ERROR_BODY
+    return OpenAPIResponse(
+        description=_ERROR_DESCRIPTIONS.get(status) or HTTPStatus(status).phrase,
+        content={MediaType.JSON: OpenAPIMediaType(schema=body)},
+        headers=_ERROR_HEADERS.get(status),
+    )
+
+
+class _DocumentsErrors:
+    """Marks an operation class already extended by ``_documenting``."""
+
+
+def _documenting(handler: HTTPRouteHandler) -> type[Operation]:
+    """The handler's operation class, building its error responses from the finished operation.
+
+    It runs after the class's own ``__post_init__`` so a custom operation (the login form) is seen complete.
+    """
+    base = handler.operation_class
+
+    @dataclass
+    class DocumentedOperation(base, _DocumentsErrors):  # type: ignore[misc,valid-type]
+        def __post_init__(self) -> None:
+            if hasattr(base, "__post_init__"):
+                base.__post_init__(self)
+            document_errors(handler, self)
+
+    return DocumentedOperation
+
+
+def document_errors(handler: HTTPRouteHandler, operation: Operation) -> None:
+    """Litestar's own error responses (its 400, ``raises=``) are rebuilt with the app's body; a handler's explicit
+    ``responses=`` entry is kept as written."""
+    explicit = {str(code) for code in handler.responses or {}}
+    responses = {
+        code: response
+        for code, response in (operation.responses or {}).items()
+        if int(code) < HTTP_400_BAD_REQUEST or code in explicit
+    }
+    for status in sorted(error_statuses(handler, operation)):
+        responses.setdefault(str(status), error_response(status))
+    operation.responses = responses
+
+
+def operation_id(
+    handler: HTTPRouteHandler, method: Method | HttpMethod, path: list[str | PathParameterDefinition]
+) -> str:
+    """Litestar's operation id, and the hook that documents each operation's errors.
+
+    ``operation_id_creator`` is the only per-operation hook of ``OpenAPIConfig`` that sees the handler, and it runs
+    just before Litestar builds the operation, so a new route is documented without any boilerplate.
+    """
+    if not issubclass(handler.operation_class, _DocumentsErrors):
+        handler.operation_class = _documenting(handler)
+    return default_operation_id_creator(handler, method, path)

@@ -63,6 +63,8 @@ class AppSettings:
     environment: Environment = env("ENVIRONMENT", default="local")
     client_cache_max_age: NonNegativeInt = env("CLIENT_CACHE_MAX_AGE", default=30)
     forwarded_allow_ips: str = env("FORWARDED_ALLOW_IPS", default="127.0.0.1")
+    # Where /docs and /redoc load Swagger UI and ReDoc from: the app itself (works offline) or Litestar's CDN.
+    docs_assets: Literal["local", "cdn"] = env("DOCS_ASSETS", default="local")
 
     @property
     def trusted_proxies(self) -> frozenset[str] | None:
