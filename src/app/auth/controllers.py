@@ -40,7 +40,7 @@ class AuthController(Controller):
     cache_control = CacheControlHeader(no_store=True)
     dependencies = {"auth_service": Provide(provide_auth_service, sync_to_thread=False)}
 
-    @post("/login", status_code=200, operation_class=LoginOperation)
+    @post("/login", status_code=200, operation_class=LoginOperation, raises=[NotAuthorizedException])
     async def login(
         self,
         request: Request[Any, Any, Any],
@@ -54,7 +54,7 @@ class AuthController(Controller):
             raise NotAuthorizedException(WRONG_CREDENTIALS)
         return _token_response(tokens, token_codec)
 
-    @post("/refresh", status_code=200)
+    @post("/refresh", status_code=200, raises=[NotAuthorizedException])
     async def refresh(
         self,
         auth_service: NamedDependency[AuthService],
@@ -69,7 +69,7 @@ class AuthController(Controller):
             raise NotAuthorizedException(INVALID_REFRESH_TOKEN)
         return _token_response(tokens, token_codec)
 
-    @post("/logout", status_code=200)
+    @post("/logout", status_code=200, raises=[NotAuthorizedException])
     async def logout(
         self,
         request: Request[Any, Any, Any],
