@@ -457,3 +457,12 @@ async def test_users_are_stored_unchanged_by_auth(
     await make_user("ann")
     await login("ann")
     assert (await db_session.scalars(select(User.username))).all() == ["ann"]
+
+
+async def test_a_json_login_is_told_a_form_is_expected(client: AsyncTestClient[Litestar], make_user: MakeUser) -> None:
+    await make_user("ann")
+    response = await client.post("/api/v1/login", json={"username": "ann", "password": PASSWORD})
+    assert response.status_code == 422
+    [error] = response.json()["extra"]
+    assert error["key"] == "body"
+    assert "form" in error["message"]

@@ -486,3 +486,17 @@ async def test_deleting_a_tier_leaves_users_without_one(
     db_session.expire_all()
     assert (await db_session.scalar(select(User.tier_id).where(User.id == ann_id))) is None
     assert (await db_session.scalars(select(RateLimit))).all() == []
+
+
+async def test_validation_errors_list_every_failing_field(client: AsyncTestClient[Litestar]) -> None:
+    response = await client.post(
+        "/api/v1/user", json={"name": "A", "username": "Not Valid", "password": "short", "color": "red"}
+    )
+    assert response.status_code == 422
+    assert [(item["key"], item["source"]) for item in response.json()["extra"]] == [
+        ("name", "body"),
+        ("username", "body"),
+        ("email", "body"),
+        ("password", "body"),
+        ("color", "body"),
+    ]

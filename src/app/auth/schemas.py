@@ -27,8 +27,15 @@ class AccessToken(msgspec.Struct):
     token_type: str = "bearer"
 
 
+_FORM_ENCODINGS = frozenset({RequestEncodingType.URL_ENCODED, RequestEncodingType.MULTI_PART})
+
+
 async def read_login_form(request: Request[Any, Any, Any]) -> LoginForm:
     """SPEC §4.2 A1 accepts both form encodings; Litestar's body parameters bind only one, so parse it here."""
+    if request.content_type[0] not in _FORM_ENCODINGS:
+        # A JSON body would otherwise read as an empty form: "username is missing" would mislead.
+        message = "Send the login as a form (application/x-www-form-urlencoded or multipart/form-data)"
+        raise validation_failed(request, [{"message": message, "key": "body", "source": "body"}])
     form = await request.form()
     try:
         return msgspec.convert(dict(form.items()), LoginForm, strict=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import asyncpg
+import msgspec
 import structlog
 from advanced_alchemy.exceptions import IntegrityError as RepositoryIntegrityError
 from advanced_alchemy.exceptions import NotFoundError, RepositoryError
@@ -18,6 +20,7 @@ from litestar.status_codes import (
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
+from litestar.utils.scope.state import ScopeState
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -37,13 +40,18 @@ UNPROCESSABLE = "Unprocessable Entity"
 INTERNAL_SERVER_ERROR = "Internal Server Error"
 SERVICE_UNAVAILABLE = "Service Unavailable"
 
-# A dependency that does not answer is an outage (503), not a bug (500).
+# A dependency that does not answer is an outage (503), not a bug (500). They are matched anywhere in the cause
+# chain: advanced-alchemy re-raises driver errors as its own types (a connection killed under a query has come
+# back as its IntegrityError), so the driver's own error is often only visible there.
 UNAVAILABLE_ERRORS = (
     OperationalError,
     InterfaceError,
     PoolTimeoutError,
     ConnectionError,
     TimeoutError,
+    asyncpg.PostgresConnectionError,  # e.g. the server closed the connection (ConnectionDoesNotExistError)
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # "cannot switch to state …": a connection broken mid-operation
 )
 
 
@@ -75,6 +83,48 @@ def _name_body_fields(extra: Any) -> Any:
     return extra
 
 
+def _with_every_body_field(request: Request[Any, Any, Any], extra: Any) -> Any:
+    """msgspec stops at the first invalid field of a body; list every invalid field of a JSON body Struct instead."""
+    if not isinstance(extra, list) or not any(
+        isinstance(item, dict) and item.get("source") == "body" for item in extra
+    ):
+        return extra
+    data = request.route_handler.parsed_fn_signature.parameters.get("data")
+    body = ScopeState.from_scope(request.scope).json  # the body as decoded for the handler, if it was JSON
+    if data is None or not data.is_subclass_of(msgspec.Struct) or not isinstance(body, dict):
+        return extra
+    errors = body_field_errors(data.annotation, body)
+    others = [item for item in extra if not _is_body_error(item)]
+    return [*others, *errors] if errors else extra
+
+
+def body_field_errors(schema: type[msgspec.Struct], body: dict[str, Any]) -> list[dict[str, str]]:
+    """Each field of ``body`` validated on its own against ``schema``: missing, invalid and unknown fields."""
+    errors = []
+    fields = msgspec.structs.fields(schema)
+    for field in fields:
+        if field.encode_name not in body:
+            if field.required:
+                errors.append(_body_error(f"Object missing required field `{field.encode_name}`", field.encode_name))
+            continue
+        try:
+            msgspec.convert(body[field.encode_name], field.type, strict=False)
+        except msgspec.ValidationError as invalid:
+            errors.append(_body_error(str(invalid).split(" - ", maxsplit=1)[0], field.encode_name))
+    if schema.__struct_config__.forbid_unknown_fields:
+        known = {field.encode_name for field in fields}
+        errors.extend(_body_error(f"Object contains unknown field `{key}`", key) for key in body if key not in known)
+    return errors
+
+
+def _is_body_error(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("source") == "body"
+
+
+def _body_error(message: str, key: str) -> dict[str, str]:
+    return {"message": message, "key": key, "source": "body"}
+
+
 def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """The single exception handler of the app: every error leaves through here, never with a traceback."""
     if isinstance(exc, HTTPException) and exc.status_code != HTTP_500_INTERNAL_SERVER_ERROR:
@@ -91,7 +141,7 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
 def _http_error_response(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     if isinstance(exc, ValidationException):
         # SPEC §1.3: validation errors are 422 (Litestar's default is 400) and keep the per-field list in `extra`.
-        extra = _name_body_fields(exc.extra or [])
+        extra = _with_every_body_field(request, _name_body_fields(exc.extra or []))
         return error_response(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail, extra=extra, headers=exc.headers)
     if exc.status_code == HTTP_400_BAD_REQUEST:
         # Litestar's other 400s are unparseable requests (malformed JSON, broken multipart): validation errors too.
