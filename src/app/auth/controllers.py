@@ -38,7 +38,7 @@ class AuthController(Controller):
     # These routes do their own token checks; tokens must never be cached anywhere (SPEC §4.2, §7).
     opt = {"exclude_from_auth": True}
     cache_control = CacheControlHeader(no_store=True)
-    dependencies = {"auth_service": Provide(provide_auth_service, sync_to_thread=False)}
+    dependencies = {"auth_service": Provide(provide_auth_service)}
 
     @post("/login", status_code=200, operation_class=LoginOperation, raises=[NotAuthorizedException])
     async def login(

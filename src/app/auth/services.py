@@ -171,8 +171,8 @@ class AuthService:
         return await self.blacklist.revoke_token(refresh)
 
 
-def provide_auth_service(
+async def provide_auth_service(
     db_session: NamedDependency[AsyncSession], token_codec: NamedDependency[TokenCodec]
 ) -> AuthService:
-    """Dependency provider: the service shares the request's session (and so its transaction)."""
+    """The ``auth_service`` dependency: it shares the request's session (and so its transaction)."""
     return AuthService(db_session, token_codec)

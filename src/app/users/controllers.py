@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from advanced_alchemy.extensions.litestar.providers import create_service_provider
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromCookie, FromPath, JSONBody
@@ -18,7 +17,7 @@ from app.core.security import BEARER, AppToken
 from app.tiers.schemas import RateLimitRead
 from app.users.models import User
 from app.users.schemas import UserCreate, UserRateLimits, UserRead, UserTier, UserTierUpdate, UserUpdate
-from app.users.services import UserService
+from app.users.services import UserService, provide_users
 
 
 def read_fields(user: User) -> dict[str, Any]:
@@ -29,8 +28,8 @@ def read_fields(user: User) -> dict[str, Any]:
 class UserController(Controller):
     tags = ["users"]
     dependencies = {
-        "users": Provide(create_service_provider(UserService)),
-        "auth_service": Provide(provide_auth_service, sync_to_thread=False),
+        "users": Provide(provide_users),
+        "auth_service": Provide(provide_auth_service),
     }
 
     @post("/user", exclude_from_auth=True)

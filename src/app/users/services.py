@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from advanced_alchemy.exceptions import ErrorMessages
+from advanced_alchemy.extensions.litestar.providers import create_service_provider
 from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
@@ -154,3 +155,9 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
         if email is not None and await self.email_taken(email):
             raise UnprocessableError(EMAIL_TAKEN)
         raise UnprocessableError(USERNAME_TAKEN)
+
+
+# The `users` dependency: a UserService on the request's session (and so its transaction). Every service has a
+# `provide_<name>` beside it, registered as `Provide(provide_<name>)`; repository services use advanced-alchemy's
+# `create_service_provider`.
+provide_users = create_service_provider(UserService)
