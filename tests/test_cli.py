@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,59 @@ def test_create_tier_with_an_empty_name_exits_1(test_env: dict[str, str], projec
     result = litestar({**test_env, "TIER_NAME": " "}, project_root, "tiers", "create")
     assert result.returncode == 1
     assert "Error creating tier:" in result.stderr
+
+
+# --- The README's commands as written: no LITESTAR_APP, from the repository root and from src/ ---------------
+
+PDM = shutil.which("pdm")
+README_COMMANDS = [
+    pytest.param(["users", "create-superuser"], "Admin user admin created successfully.", id="users create-superuser"),
+    pytest.param(["tiers", "create"], "Tier 'free' created successfully.", id="tiers create"),
+    pytest.param(["database", "upgrade", "--no-prompt"], "", id="database upgrade"),
+    pytest.param(["--help"], "tiers", id="--help"),  # the groups of the app's CLI plugins are listed: app found
+    pytest.param(["run", "--help"], "GRANIAN_", id="run --help"),  # litestar-granian's `run`, not uvicorn's
+]
+
+
+def readme_command(
+    test_env: dict[str, str], cwd: Path, command: list[str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **test_env, "LOG_FILE_PATH": ""}
+    env.pop("LITESTAR_APP", None)
+    return subprocess.run(  # noqa: S603 - fixed arguments
+        [*command, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize(("args", "expected"), README_COMMANDS)
+def test_readme_commands_work_from_src_without_litestar_app(
+    test_env: dict[str, str], project_root: Path, args: list[str], expected: str
+) -> None:
+    result = readme_command(test_env, project_root / "src", [LITESTAR], *args)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Traceback" not in output
+    assert expected in output
+
+
+@pytest.mark.skipif(PDM is None, reason="pdm is not installed")
+@pytest.mark.parametrize(("args", "expected"), README_COMMANDS)
+def test_readme_commands_work_from_the_repository_root_with_pdm_run(
+    test_env: dict[str, str], project_root: Path, args: list[str], expected: str
+) -> None:
+    result = readme_command(test_env, project_root, [str(PDM), "run", "litestar"], *args)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Traceback" not in output
+    assert expected in output
+
+
+def test_litestar_help_in_embedded_mode_shows_no_traceback(
+    test_env: dict[str, str], project_root: Path, tmp_path: Path
+) -> None:
+    env = {key: value for key, value in test_env.items() if not key.startswith(("POSTGRES_", "REDIS_"))}
+    env |= {"EMBEDDED": "true", "EMBEDDED_DATABASE_PATH": str(tmp_path / "embedded.sqlite3")}
+    result = readme_command(env, project_root / "src", [LITESTAR], "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "requires 'uvicorn'" not in result.stdout

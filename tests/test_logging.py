@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from litestar.testing import AsyncTestClient, RequestFactory
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import exception_to_response
+from app.core.keys import load_signing_keys
+from app.core.security import TokenCodec
 from app.core.settings import Settings
 from app.main import create_app
 from app.users.models import User
@@ -88,3 +93,39 @@ def test_an_unexpected_error_is_a_500_without_details(settings_with: Callable[..
     logged = [json.loads(line) for line in log_file.read_text().splitlines()]
     errors = [event for event in logged if event["event"] == "unhandled error"]
     assert "RuntimeError: secret internals" in errors[-1]["exception"]  # the traceback goes to the log only
+
+
+async def test_the_reason_for_a_401_is_logged_at_info_without_the_token(
+    settings_with: Callable[..., Settings], tmp_path: Path
+) -> None:
+    log_file = tmp_path / "app.log"
+    settings = settings_with(LOG_FILE_PATH=str(log_file))
+    codec = TokenCodec(settings.jwt, load_signing_keys(settings.jwt))
+    past = int(time.time()) - 60
+    expired = jwt.encode(
+        {"sub": "ann", "uid": 1, "jti": "j1", "exp": past, "type": "access"}, codec.keys.signing, algorithm="RS256"
+    )
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = jwt.encode(
+        {"sub": "ann", "uid": 1, "jti": "j2", "exp": past + 3600, "type": "access"}, other_key, algorithm="RS256"
+    )
+    cases = {
+        "expired": expired,
+        "bad signature": forged,
+        "malformed": "not-a-jwt",
+        "wrong type": codec.issue("ann", 1, "refresh", family="f").encoded,
+        "unknown user": codec.issue("ghost", 999, "access", family="f").encoded,
+    }
+    async with AsyncTestClient(create_app(settings)) as client:
+        assert (await client.get("/api/v1/user/me/")).status_code == 401  # no Authorization header
+        for token in cases.values():
+            assert (await client.get("/api/v1/user/me/", headers=bearer(token))).status_code == 401
+
+    text = log_file.read_text()
+    rejected = [event for event in map(json.loads, text.splitlines()) if event["event"] == "token rejected"]
+    assert [event["reason"] for event in rejected] == ["missing", *cases]
+    assert all(event["logger"] == "app.auth" and event["level"] == "info" for event in rejected)
+    assert all(event["path"] == "/api/v1/user/me" for event in rejected)
+    for token in cases.values():
+        assert token not in text
+        assert token.split(".")[-1][:20] not in text

@@ -1,11 +1,13 @@
 """Production launcher: ``python -m app`` serves ``app.main:create_app`` with Granian, configured by SPEC §9 (§12.4).
 
-``python -m app --reload`` is the development server used by ``task dev``. This process only supervises:
-it imports the settings, not the application, so it stays small; each worker builds the app itself.
+``python -m app --reload`` is the development server used by ``task dev``; it binds 127.0.0.1 unless RUN__HOST
+says otherwise. This process only supervises: it imports the settings, not the application, so it stays small;
+each worker builds the app itself. It logs the startup line once, for all its workers.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -13,7 +15,11 @@ from granian import Granian
 from granian.constants import Interfaces
 
 from app.core.keys import load_signing_keys
+from app.core.logging import configure_logging, log_startup
 from app.core.settings import PROJECT_ROOT, SettingsError, exit_with, load_settings
+
+APP_FACTORY = "app.main:create_app"
+_ALL_INTERFACES = {"0.0.0.0", "::", ""}  # noqa: S104 - only compared with, to show a URL one can open
 
 
 def main() -> None:
@@ -23,18 +29,46 @@ def main() -> None:
     except SettingsError as exc:
         exit_with(exc)
     reload = "--reload" in sys.argv[1:]
-    Granian(
-        "app.main:create_app",
+    host = settings.server.bind_host(development=reload)
+    server = Granian(
+        APP_FACTORY,
         factory=True,
         interface=Interfaces.ASGI,
-        address=settings.server.host,
+        address=host,
         port=settings.server.port,
         workers=1 if reload else settings.server.workers,
         # Time a worker gets to finish in-flight requests on shutdown/reload (GRANIAN__TIMEOUT).
         workers_kill_timeout=settings.server.timeout,
         respawn_failed_workers=not reload,
         **(_reload_options() if reload else {}),
-    ).serve()
+    )
+    # After Granian's own set-up (plain text on stdout), so its lines take the app's format (SPEC §11).
+    configure_logging(settings)
+    # Granian calls this once the socket is bound, before it spawns the workers.
+    server.on_startup(lambda: log_startup(settings, url=_url(host, settings.server.port)))
+    server.serve(target_loader=build_worker_app)
+
+
+def build_worker_app(_target: str) -> Any:
+    """Runs in every Granian worker: the app, without a startup line of its own (the supervisor logged it)."""
+    if sys.platform != "win32":
+        # Ctrl+C in a terminal sends SIGINT to the whole process group. A worker that stops on it by itself can
+        # exit before the supervisor has marked it as being stopped: Granian then logs "Unexpected exit from
+        # worker-1" and exits with status 1 (and `task dev` reports a failure). So only the supervisor reacts to
+        # SIGINT; it stops its workers with SIGTERM. Blocked rather than ignored: Granian installs its handlers
+        # after this loader returns, and a handler does not lift a block.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    from app.main import create_app  # noqa: PLC0415 - the supervisor itself never imports the application
+
+    return create_app(announce=False)
+
+
+def _url(host: str, port: int) -> str:
+    if host in _ALL_INTERFACES:
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def _reload_options() -> dict[str, Any]:

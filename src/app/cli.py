@@ -1,7 +1,8 @@
 """First-run commands (SPEC §12.2): ``litestar users create-superuser`` and ``litestar tiers create``.
 
 Both are idempotent and reuse the services the API uses; they exit 1 with ``Error …: <reason>`` on bad
-input or a database error.
+input or a database error. ``ensure_superuser`` and ``ensure_tier`` are the same steps for ``python -m
+app.core.bootstrap``, which runs them in its own process.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from litestar import Litestar
 from litestar.plugins import CLIPluginProtocol
 
 from app.core.db import session_scope
-from app.core.settings import Settings
+from app.core.settings import FirstRunSettings, Settings
 from app.tiers.services import TierService
 from app.users.schemas import UserCreate
 from app.users.services import UserService
@@ -25,20 +26,68 @@ from app.users.services import UserService
 logger = structlog.get_logger("app.cli")
 
 
-def _run(action: Callable[[SQLAlchemyAsyncConfig], Awaitable[None]], app: Litestar, error_prefix: str) -> None:
+# SPEC §12.2: the prefixes of the one-line failure messages, shared with ``python -m app.core.bootstrap``.
+SUPERUSER_ERROR = "Error creating admin user"
+TIER_ERROR = "Error creating tier"
+
+
+async def ensure_superuser(
+    alchemy: SQLAlchemyAsyncConfig,
+    defaults: FirstRunSettings,
+    *,
+    name: str | None = None,
+    email: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+) -> tuple[bool, str]:
+    """Create the first superuser unless that email or username exists: ``(created, line to log)``."""
+    data = msgspec.convert(
+        {
+            "name": name or defaults.admin_name,
+            "email": email or defaults.admin_email,
+            "username": username or defaults.admin_username,
+            "password": password or defaults.admin_password,
+        },
+        UserCreate,
+    )
+    async with session_scope(alchemy) as session:
+        users = UserService(session=session)
+        if await users.find_by_username_or_email(data.username, data.email) is not None:
+            return False, f"Admin user {data.username} already exists."
+        await users.register(data, is_superuser=True)
+    return True, f"Admin user {data.username} created successfully."
+
+
+async def ensure_tier(alchemy: SQLAlchemyAsyncConfig, tier_name: str) -> tuple[bool, str]:
+    """Create the tier unless it exists: ``(created, line to log)``."""
+    if not tier_name.strip():
+        raise ValueError("the tier name must not be empty")
+    async with session_scope(alchemy) as session:
+        tiers = TierService(session=session)
+        if await tiers.get_by_name(tier_name) is not None:
+            return False, f"Tier '{tier_name}' already exists."
+        await tiers.create({"name": tier_name})
+    return True, f"Tier '{tier_name}' created successfully."
+
+
+def _run(
+    action: Callable[[SQLAlchemyAsyncConfig], Awaitable[tuple[bool, str]]], app: Litestar, error_prefix: str
+) -> None:
     alchemy: SQLAlchemyAsyncConfig = app.state.alchemy
 
-    async def run() -> None:
+    async def run() -> str:
         try:
-            await action(alchemy)
+            _, line = await action(alchemy)
+            return line
         finally:
             await alchemy.get_engine().dispose()
 
     try:
-        asyncio.run(run())
+        line = asyncio.run(run())
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line and exit status 1
         logger.error(f"{error_prefix}: {exc}")  # noqa: G004 - the message text is fixed by SPEC §12.2
         raise SystemExit(1) from None
+    logger.info(line)
 
 
 @click.group(name="users", help="Manage users.")
@@ -56,28 +105,12 @@ def create_superuser(
     env: object, name: str | None, email: str | None, username: str | None, password: str | None
 ) -> None:
     app: Litestar = env.app  # type: ignore[attr-defined]
-    defaults = app.state.settings.first_run
-    username = username or defaults.admin_username
+    defaults: FirstRunSettings = app.state.settings.first_run
 
-    async def create(alchemy: SQLAlchemyAsyncConfig) -> None:
-        data = msgspec.convert(
-            {
-                "name": name or defaults.admin_name,
-                "email": email or defaults.admin_email,
-                "username": username,
-                "password": password or defaults.admin_password,
-            },
-            UserCreate,
-        )
-        async with session_scope(alchemy) as session:
-            users = UserService(session=session)
-            if await users.find_by_username_or_email(data.username, data.email) is not None:
-                logger.info(f"Admin user {data.username} already exists.")  # noqa: G004
-                return
-            await users.register(data, is_superuser=True)
-        logger.info(f"Admin user {data.username} created successfully.")  # noqa: G004
+    def create(alchemy: SQLAlchemyAsyncConfig) -> Awaitable[tuple[bool, str]]:
+        return ensure_superuser(alchemy, defaults, name=name, email=email, username=username, password=password)
 
-    _run(create, app, "Error creating admin user")
+    _run(create, app, SUPERUSER_ERROR)
 
 
 @click.group(name="tiers", help="Manage tiers.")
@@ -92,19 +125,7 @@ def create_tier(env: object, name: str | None) -> None:
     app: Litestar = env.app  # type: ignore[attr-defined]
     settings: Settings = app.state.settings
     tier_name = settings.first_run.tier_name if name is None else name
-
-    async def create(alchemy: SQLAlchemyAsyncConfig) -> None:
-        if not tier_name.strip():
-            raise ValueError("the tier name must not be empty")
-        async with session_scope(alchemy) as session:
-            tiers = TierService(session=session)
-            if await tiers.get_by_name(tier_name) is not None:
-                logger.info(f"Tier '{tier_name}' already exists.")  # noqa: G004
-                return
-            await tiers.create({"name": tier_name})
-        logger.info(f"Tier '{tier_name}' created successfully.")  # noqa: G004
-
-    _run(create, app, "Error creating tier")
+    _run(lambda alchemy: ensure_tier(alchemy, tier_name), app, TIER_ERROR)
 
 
 class FirstRunCLIPlugin(CLIPluginProtocol):

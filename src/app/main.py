@@ -7,6 +7,7 @@ is one more builder and one more line here. Clients are built in the factory or 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig, SQLAlchemyPlugin
@@ -25,31 +26,34 @@ from app.core.docs import docs_router
 from app.core.embedded import embedded_lifespan
 from app.core.errors import AppRequest, exception_to_response
 from app.core.keys import load_signing_keys
-from app.core.logging import AccessLog, configure_logging
+from app.core.logging import AccessLog, configure_logging, log_startup
 from app.core.openapi import docs_gate, openapi_config
 from app.core.schemas import provide_pagination
 from app.core.security import OPENAPI_COMPONENTS, AppToken, TokenCodec, build_jwt_auth
 from app.core.security_headers import add_security_headers
 from app.core.settings import Settings, SettingsError, exit_with, load_settings
-from app.system.controllers import SystemController
+from app.system.controllers import SystemController, redirect_to_docs
 from app.users.controllers import UserController
 
 # Bodies larger than this are refused with 413 before they are read into memory.
 REQUEST_MAX_BODY_SIZE = 1024 * 1024
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    """Build the app; without ``settings`` (Granian, the CLI) a configuration error is one line and exit 1."""
+def create_app(settings: Settings | None = None, *, announce: bool = True) -> Litestar:
+    """Build the app; without ``settings`` (Granian, the CLI) a configuration error is one line and exit 1.
+
+    ``announce=False``: the launcher logs the startup line itself, once for all workers (``python -m app``).
+    """
     if settings is not None:
-        return _build(settings)
+        return _build(settings, announce=announce)
     settings = load_settings()
     try:
-        return _build(settings)
+        return _build(settings, announce=announce)
     except SettingsError as exc:  # e.g. a JWT key that cannot be read: one line, no traceback
         exit_with(exc)
 
 
-def _build(settings: Settings) -> Litestar:
+def _build(settings: Settings, *, announce: bool) -> Litestar:
     configure_logging(settings)
     database = build_alchemy_config(settings)
     codec = TokenCodec(settings.jwt, load_signing_keys(settings.jwt))
@@ -66,6 +70,7 @@ def _build(settings: Settings) -> Litestar:
             "pagination": Provide(provide_pagination, sync_to_thread=False),
         },
         lifespan=[embedded_lifespan] if settings.embedded else [],
+        on_startup=build_startup_hooks(settings, announce=announce),
         request_class=AppRequest,
         exception_handlers={Exception: exception_to_response},
         before_send=[client_cache_headers(settings.app.client_cache_max_age), add_security_headers],
@@ -84,11 +89,21 @@ def build_auth(codec: TokenCodec, database: SQLAlchemyAsyncConfig) -> JWTAuth[An
 
 
 def build_routes(settings: Settings) -> list[Any]:
-    """Every route of the API: the features under /api/v1, the auth routes again under /api/auth, the docs."""
+    """Every route of the API: the features under /api/v1, the auth routes again under /api/auth, the docs.
+
+    In ``local`` the server's root redirects to the docs; elsewhere ``/`` is a 404 like any unknown path.
+    """
     api_v1 = Router("/api/v1", route_handlers=[SystemController, AuthController, UserController])
     api_auth = Router("/api/auth", route_handlers=[AuthController])
     routes: list[Any] = [api_v1, api_auth]
     docs_access = docs_gate(settings)
     if docs_access is not None:
         routes.append(docs_router(docs_access))
+    if settings.app.environment == "local":
+        routes.append(redirect_to_docs)
     return routes
+
+
+def build_startup_hooks(settings: Settings, *, announce: bool) -> list[Callable[[], None]]:
+    """The line that says what runs (mode, database, docs), when no launcher logged it already."""
+    return [lambda: log_startup(settings)] if announce else []

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.models import TokenBlacklist
 from app.core.db import save_unique, utc_now
 from app.core.passwords import verify_password
-from app.core.security import AppToken, IssuedToken, TokenCodec, UserLoader
+from app.core.security import AppToken, IssuedToken, TokenCodec, TokenRejected, UserLoader
 from app.users.models import User
 from app.users.services import UserService, named
 
@@ -56,9 +56,9 @@ class BlacklistService(SQLAlchemyAsyncRepositoryService[TokenBlacklist]):
         return int(getattr(result, "rowcount", 0) or 0)
 
 
-async def load_active_user(session: AsyncSession, token: AppToken) -> User | None:
+async def token_user(session: AsyncSession, token: AppToken) -> User:
     """Checks 5 and 6 of SPEC §3.5 in one query: neither the token nor its family is blacklisted, and its
-    user exists, is not soft-deleted, is named by ``sub`` and has the id ``uid``.
+    user exists, is not soft-deleted, is named by ``sub`` and has the id ``uid``; else ``TokenRejected``.
 
     This keeps an authenticated request at one database query before the handler, and revocation can
     never fail open: the blacklist is read from the same database that stores it.
@@ -66,17 +66,26 @@ async def load_active_user(session: AsyncSession, token: AppToken) -> User | Non
     revoked = exists().where(TokenBlacklist.token.in_(token.revocation_keys))
     statement = select(User, revoked).where(User.id == token.uid, named(token.sub), User.is_deleted.is_(False))
     row = (await session.execute(statement)).first()
-    if row is None or row[1]:
-        return None
+    if row is None:
+        raise TokenRejected("unknown user")
+    if row[1]:
+        raise TokenRejected("revoked")
     user: User = row[0]
     return user
+
+
+async def load_active_user(session: AsyncSession, token: AppToken) -> User | None:
+    try:
+        return await token_user(session, token)
+    except TokenRejected:
+        return None
 
 
 def request_user_loader(alchemy: SQLAlchemyAsyncConfig) -> UserLoader:
     """The authentication middleware's user lookup, in the request's own session (and transaction)."""
 
-    async def load(connection: ASGIConnection[Any, Any, Any, Any], token: AppToken) -> User | None:
-        return await load_active_user(alchemy.provide_session(connection.app.state, connection.scope), token)
+    async def load(connection: ASGIConnection[Any, Any, Any, Any], token: AppToken) -> User:
+        return await token_user(alchemy.provide_session(connection.app.state, connection.scope), token)
 
     return load
 

@@ -1,11 +1,15 @@
-"""Embedded mode (SPEC §9.3): SQLite instead of PostgreSQL and no Redis, so the API runs with only Python."""
+"""Embedded mode (SPEC §9.3): SQLite instead of PostgreSQL and no Redis, so the API runs with only Python.
+
+Its one WARNING line (embedded mode, the SQLite file, how to switch) is the startup line of
+``app.core.logging.log_startup``, so the user reads what runs once, not twice.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import structlog
 from alembic import command
 from alembic.config import Config
 from anyio import to_thread
@@ -13,8 +17,6 @@ from litestar import Litestar
 
 from app.core.db import ALEMBIC_INI, MIGRATIONS_DIR
 from app.core.settings import Settings
-
-logger = structlog.get_logger("app")
 
 
 def migrate_to_head(database_url: str) -> None:
@@ -25,13 +27,20 @@ def migrate_to_head(database_url: str) -> None:
     command.upgrade(config, "head")
 
 
+def _migrate_quietly(database_url: str) -> None:
+    # Alembic narrates every run at INFO ("Context impl SQLiteImpl.", "Will assume non-transactional DDL.") and
+    # this runs on every start and every reload; warnings and errors still show.
+    alembic_logger = logging.getLogger("alembic")
+    level = alembic_logger.level
+    alembic_logger.setLevel(logging.WARNING)
+    try:
+        migrate_to_head(database_url)
+    finally:
+        alembic_logger.setLevel(level)
+
+
 @asynccontextmanager
 async def embedded_lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    await to_thread.run_sync(migrate_to_head, settings.database_url)
-    logger.warning(
-        "Running in embedded mode: SQLite database at %s (one process only, no PostgreSQL or Redis). "
-        "To use PostgreSQL and Redis, copy src/.env.example to src/.env and edit it.",
-        settings.db.embedded_path,
-    )
+    await to_thread.run_sync(_migrate_quietly, settings.database_url)
     yield

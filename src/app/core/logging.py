@@ -1,4 +1,8 @@
-"""Structured logging (SPEC §11): structlog for the app, the standard library routed through the same processors."""
+"""Structured logging (SPEC §11): structlog for the app, the standard library routed through the same processors.
+
+Granian's own loggers included, so the server and the app print one style. This module does not import
+Litestar: ``python -m app`` (the Granian supervisor) configures logging with it and stays small.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,14 @@ import logging.handlers
 import sys
 from collections.abc import MutableMapping
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.settings import Settings
+
+if TYPE_CHECKING:
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 LOG_FILE_MAX_BYTES = 10 * 1024 * 1024
 LOG_FILE_BACKUPS = 5
@@ -37,7 +42,11 @@ _OWNED = "_configured_by_app"
 # Set by authentication: the user row itself may be expired by a rollback before the access log is written.
 USER_ID_STATE_KEY = "user_id"
 
+# Granian configures these with handlers of its own (plain text on stdout); they must reach the root handlers.
+GRANIAN_LOGGERS = ("_granian", "granian.access")
+
 access_logger = structlog.get_logger("app.access")
+startup_logger = structlog.get_logger("app")
 
 
 def _redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -99,7 +108,15 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log.level)
     # SQL statements only when asked for (DB__ECHO); bound parameters are hidden by the engine config.
     logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO if settings.db.echo else logging.WARNING)
-    for noisy in ("granian.access", "httpx", "aiosqlite", "asyncio"):
+    for name in GRANIAN_LOGGERS:
+        granian_logger = logging.getLogger(name)
+        for handler in granian_logger.handlers[:]:
+            granian_logger.removeHandler(handler)
+        granian_logger.propagate = True
+        granian_logger.setLevel(logging.NOTSET)  # LOG_LEVEL applies (Granian pins INFO on its own)
+    # Granian's access log would repeat the app's own access event (AccessLog below); Alembic lists the plugins
+    # it registers at INFO whenever a worker imports it.
+    for noisy in ("granian.access", "alembic.runtime.plugins", "httpx", "aiosqlite", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     structlog.configure(
@@ -117,7 +134,8 @@ class AccessLog:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
+        scope_type: str = scope["type"]  # a str enum; Litestar's own enum is not imported here (module docstring)
+        if scope_type != "http":
             await self.app(scope, receive, send)
             return
         started = perf_counter()
@@ -143,3 +161,35 @@ class AccessLog:
                 client=client[0] if client else None,
                 **({"user_id": user_id} if user_id is not None else {}),
             )
+
+
+def log_startup(settings: Settings, *, url: str | None = None) -> None:
+    """The one line that says what runs (SPEC §9.3, §11): mode, database, Redis, URL and docs; never a password.
+
+    In embedded mode it is the WARNING of SPEC §9.3. ``url`` is known to the launcher that binds the socket.
+    """
+    where = f"Serving {url}" if url else "Serving the API"
+    environment = settings.app.environment
+    docs = _docs_location(environment, url or "")
+    head = f"{where} (ENVIRONMENT={environment}, {docs})"
+    if settings.embedded:
+        startup_logger.warning(
+            "%s in embedded mode: SQLite database at %s (one process only, no PostgreSQL or Redis). "
+            "To use PostgreSQL and Redis, copy src/.env.example to src/.env and edit it.",
+            head,
+            settings.db.embedded_path,
+        )
+        return
+    db = settings.db
+    # No feature talks to Redis yet (cache, rate limits and jobs arrive later): naming its address would suggest
+    # a connection that does not exist.
+    startup_logger.info(
+        "%s in PostgreSQL+Redis mode: database %s:%s/%s, Redis not used yet", head, db.server, db.port, db.name
+    )
+
+
+def _docs_location(environment: str, base: str) -> str:
+    # SPEC §8: public in local, superusers only in staging, absent in production.
+    if environment == "production":
+        return "no docs"
+    return f"docs at {base}/docs" + (" for superusers" if environment == "staging" else "")

@@ -5,6 +5,9 @@ A token is accepted as type *T* when (§3.5) its signature verifies under the on
 ``jti`` nor its refresh family (``fid``) is blacklisted, and its user exists, is not soft-deleted and has
 the id ``uid``. The signature and claim checks live here; the blacklist and user checks are one query
 supplied by the auth feature (``load_user``).
+
+Every rejection is logged at INFO on ``app.auth`` as ``token rejected`` with a ``reason`` (``missing``, ``expired``,
+``bad signature``, ``not yet valid``, ``malformed``, ``wrong type``, ``revoked``, ``unknown user``), never the token.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any, Literal, Self
 from uuid import uuid4
 
 import jwt
+import structlog
 from litestar.connection import ASGIConnection
 from litestar.exceptions import ImproperlyConfiguredException, NotAuthorizedException
 from litestar.middleware.authentication import AuthenticationResult
@@ -30,6 +34,8 @@ from app.core.settings import JWTSettings
 
 TokenKind = Literal["access", "refresh"]
 
+logger = structlog.get_logger("app.auth")
+
 SECURITY_SCHEME = "OAuth2PasswordBearer"
 # Marks user/owner/superuser routes in the OpenAPI document, so Swagger's "Authorize" applies to them.
 BEARER: list[SecurityRequirement] = [{SECURITY_SCHEME: []}]
@@ -42,6 +48,29 @@ OPENAPI_COMPONENTS = Components(
         )
     }
 )
+
+
+class TokenRejected(NotAuthorizedException):
+    """The 401 of an invalid token (``User not authenticated.``), with the reason that is logged instead of it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(USER_NOT_AUTHENTICATED)
+        self.reason = reason
+
+
+def _rejection_reason(error: Exception) -> str:
+    """Why PyJWT or a claim check refused a token, in the words of the log (checked on failures only)."""
+    if isinstance(error, jwt.ExpiredSignatureError):
+        return "expired"
+    # A token signed with another algorithm (including "none") is refused like a forged signature.
+    if isinstance(error, jwt.InvalidSignatureError | jwt.InvalidAlgorithmError):
+        return "bad signature"
+    if isinstance(error, jwt.ImmatureSignatureError):
+        return "not yet valid"
+    # Litestar's Token re-checks `exp` against the clock: a token can expire between the two checks.
+    if isinstance(error, ImproperlyConfiguredException) and "exp" in str(error):
+        return "expired"
+    return "malformed"
 
 
 @dataclass
@@ -81,8 +110,8 @@ class AppToken(Token):
                 iat=datetime.fromtimestamp(iat, UTC) if iat is not None else datetime.now(UTC),
                 extras=payload,
             )
-        except (jwt.InvalidTokenError, ImproperlyConfiguredException, TypeError, ValueError, OverflowError):
-            raise NotAuthorizedException(USER_NOT_AUTHENTICATED) from None
+        except (jwt.InvalidTokenError, ImproperlyConfiguredException, TypeError, ValueError, OverflowError) as exc:
+            raise TokenRejected(_rejection_reason(exc)) from None
         return token
 
     @property
@@ -140,12 +169,20 @@ class TokenCodec:
         """Checks 1–4 of SPEC §3.5; ``None`` when any fails."""
         try:
             token = AppToken.decode(encoded, self.keys.verification, self.settings.algorithm)
-        except NotAuthorizedException:
+        except TokenRejected as rejected:
+            log_rejection(rejected.reason, kind=kind)
             return None
-        return token if self.is_kind(token, kind) else None
+        if not self.is_kind(token, kind):
+            log_rejection("wrong type", kind=kind, user_id=token.uid)
+            return None
+        return token
 
     def is_kind(self, token: AppToken, kind: TokenKind) -> bool:
         return token.extras.get(self.type_claim) == self.type_values[kind]
+
+
+def log_rejection(reason: str, **fields: Any) -> None:
+    logger.info("token rejected", reason=reason, **fields)
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -166,16 +203,21 @@ class BearerAuthenticationMiddleware(JWTAuthenticationMiddleware):
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         encoded = bearer_token(connection.headers.get("authorization"))
         if encoded is None:
+            log_rejection("missing", kind="access", path=connection.scope["path"])
             raise NotAuthorizedException(NOT_AUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
-        return await self.authenticate_token(encoded, connection)
+        try:
+            return await self.authenticate_token(encoded, connection)
+        except TokenRejected as rejected:
+            log_rejection(rejected.reason, kind="access", path=connection.scope["path"])
+            raise
 
     async def authenticate_token(
         self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
         token = self.token_cls.decode(encoded_token, self.token_secret, self.algorithm)
         user = await self.retrieve_user_handler(token, connection)
-        if user is None:
-            raise NotAuthorizedException(USER_NOT_AUTHENTICATED)
+        if user is None:  # the loader names the reason itself ("revoked", "unknown user"); this is a fallback
+            raise TokenRejected("unknown user")
         connection.state[USER_ID_STATE_KEY] = user.id
         return AuthenticationResult(user=user, auth=token)
 
@@ -185,7 +227,7 @@ def build_jwt_auth(codec: TokenCodec, load_user: UserLoader) -> JWTAuth[Any, App
 
     async def retrieve_user(token: AppToken, connection: ASGIConnection[Any, Any, Any, Any]) -> Any:
         if not codec.is_kind(token, "access"):
-            return None
+            raise TokenRejected("wrong type")
         return await load_user(connection, token)
 
     return JWTAuth[Any, AppToken](

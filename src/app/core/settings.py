@@ -37,6 +37,10 @@ _SERVICE_VARIABLES = (
     "REDIS_QUEUE_HOST",
     "REDIS_RATE_LIMIT_HOST",
 )
+# SPEC §9.2: RUN__HOST defaults to all interfaces, which a container needs; `python -m app --reload` on a
+# laptop must not expose the API to the network unless RUN__HOST asks for it.
+CONTAINER_HOST = "0.0.0.0"  # noqa: S104 - a container must listen on all interfaces
+DEVELOPMENT_HOST = "127.0.0.1"
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
@@ -75,10 +79,17 @@ class AppSettings:
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    host: str = env("RUN__HOST", default="0.0.0.0")  # noqa: S104 - a container must listen on all interfaces
+    # Unset: the dev server binds 127.0.0.1 and everything else 0.0.0.0 (see ``bind_host``).
+    host: str | None = env("RUN__HOST")
     port: Port = env("RUN__PORT", default=8000)
     workers: PositiveInt = env("GRANIAN__WORKERS", "GUNICORN__WORKERS", "GUNICORN_WORKERS", default=1)
     timeout: PositiveInt = env("GRANIAN__TIMEOUT", "GUNICORN__TIMEOUT", default=900)
+
+    def bind_host(self, *, development: bool) -> str:
+        """``RUN__HOST`` when set; else the dev server stays on this machine and a container listens everywhere."""
+        if self.host is not None:
+            return self.host
+        return DEVELOPMENT_HOST if development else CONTAINER_HOST
 
 
 @dataclass(frozen=True, slots=True)
