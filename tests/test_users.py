@@ -165,6 +165,7 @@ async def test_users_page_excludes_deleted_users_and_orders_by_id(
     assert second["has_more"] is False
     past_end = (await client.get("/api/v1/users?page=9")).json()
     assert past_end["data"] == []
+    assert (past_end["total_count"], past_end["has_more"]) == (3, False)  # still counts every matching row
     default = (await client.get("/api/v1/users/")).json()
     assert (default["page"], default["items_per_page"], default["total_count"]) == (1, 10, 3)
 

@@ -72,6 +72,8 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
             LimitOffset(limit=pagination.limit, offset=pagination.offset),
             OrderBy(field_name="id", sort_order="asc"),
             is_deleted=False,
+            # A window-function count is read from the returned rows: a page past the end would say 0.
+            count_with_window_function=False,
         )
         return list(users), total
 
