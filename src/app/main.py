@@ -33,6 +33,7 @@ from app.core.security import OPENAPI_COMPONENTS, AppToken, TokenCodec, build_jw
 from app.core.security_headers import add_security_headers
 from app.core.settings import Settings, SettingsError, exit_with, load_settings
 from app.system.controllers import SystemController, redirect_to_docs
+from app.tiers.controllers import RateLimitController, TierController
 from app.users.controllers import UserController
 
 # Bodies larger than this are refused with 413 before they are read into memory.
@@ -93,7 +94,10 @@ def build_routes(settings: Settings) -> list[Any]:
 
     In ``local`` the server's root redirects to the docs; elsewhere ``/`` is a 404 like any unknown path.
     """
-    api_v1 = Router("/api/v1", route_handlers=[SystemController, AuthController, UserController])
+    api_v1 = Router(
+        "/api/v1",
+        route_handlers=[SystemController, AuthController, UserController, TierController, RateLimitController],
+    )
     api_auth = Router("/api/auth", route_handlers=[AuthController])
     routes: list[Any] = [api_v1, api_auth]
     docs_access = docs_gate(settings)
