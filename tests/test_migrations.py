@@ -9,6 +9,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import asyncpg
+import httpx
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -20,6 +21,7 @@ from sqlalchemy.pool import NullPool
 from app.core.settings import Settings
 from app.main import create_app
 from app.models import metadata
+from tests.conftest import StartServer
 
 pytestmark = pytest.mark.anyio
 
@@ -139,6 +141,25 @@ async def test_create_tables_on_start_builds_a_missing_schema(settings_with: Cal
             tables = await conn.run_sync(lambda sync: set(inspect(sync).get_table_names()))
         await engine.dispose()
         assert tables == EXPECTED_TABLES - {"alembic_version"}
+    finally:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await connection.close()
+
+
+async def test_workers_starting_together_create_the_tables_once(settings: Settings, start_server: StartServer) -> None:
+    """Two Granian workers run DB__CREATE_TABLES_ON_START at the same moment on an empty database."""
+    database = f"test_workers_{uuid4().hex[:12]}"
+    connection = await asyncpg.connect(
+        host=settings.db.server, port=settings.db.port, user=settings.db.user, database="postgres"
+    )
+    await connection.execute(f'CREATE DATABASE "{database}"')
+    try:
+        server = start_server(workers=2, POSTGRES_DB=database, DB__CREATE_TABLES_ON_START="true")
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            for _ in range(6):
+                assert (await client.get("/api/v1/users")).status_code == 200
+        assert "Traceback" not in server.log(), server.log()
+        assert "Unexpected exit" not in server.log(), server.log()
     finally:
         await connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await connection.close()

@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 from advanced_alchemy.base import IdentityBase, orm_registry
 from advanced_alchemy.extensions.litestar import (
@@ -15,7 +16,7 @@ from advanced_alchemy.extensions.litestar import (
     SQLAlchemyAsyncConfig,
 )
 from advanced_alchemy.types import DateTimeUTC
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -105,6 +106,24 @@ async def save_unique(session: AsyncSession, apply: Callable[[], None]) -> bool:
     return True
 
 
+# Any constant: identifies "creating the tables" among PostgreSQL advisory locks.
+_CREATE_ALL_LOCK = 0x4C69_7465_7374
+
+
+class AlchemyConfig(SQLAlchemyAsyncConfig):
+    """advanced-alchemy's config, with workers taking turns to create missing tables (DB__CREATE_TABLES_ON_START).
+
+    Granian starts its workers at once: two ``create_all`` on an empty PostgreSQL database would create the
+    same table, and one worker would crash on a unique violation in ``pg_type``.
+    """
+
+    async def create_all_metadata(self, app: Any) -> None:
+        async with self.get_engine().begin() as connection:
+            if connection.dialect.name == "postgresql":
+                await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATE_ALL_LOCK})
+            await connection.run_sync(metadata.create_all)
+
+
 def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
     """One request = one transaction, committed below 400 and rolled back otherwise (SPEC §1.6)."""
     if settings.embedded:
@@ -121,7 +140,7 @@ def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
             # A database that does not answer gives 503 after the timeout instead of a hung request.
             connect_args={"timeout": settings.db.connect_timeout, "command_timeout": 30},
         )
-    config = SQLAlchemyAsyncConfig(
+    config = AlchemyConfig(
         connection_string=settings.database_url,
         before_send_handler="autocommit",
         session_config=AsyncSessionConfig(expire_on_commit=False),
