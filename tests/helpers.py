@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,3 +40,27 @@ async def remove_user(db_session: AsyncSession, user: User, how: str) -> None:
     else:
         await db_session.delete(user)
     await db_session.commit()
+
+
+def run_command(
+    command: list[str], env: dict[str, str], cwd: Path, *, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """A real command of the project, with the test run's environment (and no log file)."""
+    return subprocess.run(  # noqa: S603 - the project's own commands
+        command,
+        env={**os.environ, **env, "LOG_FILE_PATH": ""},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The whole output of a failed command: exactly one line and no traceback."""
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    return lines[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import PG_HOST, PG_PASSWORD, PG_PORT, PG_USER, _admin_execute
+from tests.helpers import one_line, run_command
 
 BOOTSTRAP = [sys.executable, "-m", "app.core.bootstrap"]
 # A process start with every import costs about 2 s on a shared 2-core machine; a no-op must stay near that.
@@ -23,24 +23,7 @@ NO_OP_SECONDS = 10
 
 
 def bootstrap(env: dict[str, str], root: Path, **overrides: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - fixed arguments
-        BOOTSTRAP,
-        env={**os.environ, **env, "LOG_FILE_PATH": "", **overrides},
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def one_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The whole output of a failed bootstrap: exactly one line and no traceback."""
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output
-    lines = output.strip().splitlines()
-    assert len(lines) == 1, output
-    return lines[0]
+    return run_command(BOOTSTRAP, {**env, **overrides}, root)
 
 
 async def _fetch(database: str, query: str, *args: object) -> list[asyncpg.Record]:

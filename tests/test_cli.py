@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.tiers.models import Tier
 from app.users.models import User
+from tests.helpers import run_command
 
 pytestmark = pytest.mark.anyio
 
@@ -19,15 +20,7 @@ LITESTAR = str(Path(sys.executable).parent / "litestar")
 
 
 def litestar(env: dict[str, str], root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - fixed arguments
-        [LITESTAR, "--app", "app.main:create_app", *args],
-        env={**os.environ, **env, "LOG_FILE_PATH": ""},
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_command([LITESTAR, "--app", "app.main:create_app", *args], env, root)
 
 
 async def test_create_superuser_is_idempotent(

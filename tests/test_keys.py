@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -16,27 +15,11 @@ from cryptography.hazmat.primitives import serialization
 from app.core.keys import write_key_pair
 from app.core.settings import Settings, SettingsError
 from app.main import create_app
+from tests.helpers import one_line, run_command
 
 
 def run_module(module: str, env: dict[str, str], root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - fixed arguments
-        [sys.executable, "-m", module],
-        env={**os.environ, **env, "LOG_FILE_PATH": ""},
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def one_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The whole output of a failed command: exactly one line and no traceback."""
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output
-    lines = output.strip().splitlines()
-    assert len(lines) == 1, output
-    return lines[0]
+    return run_command([sys.executable, "-m", module], env, root, timeout=60)
 
 
 def key_env(test_env: dict[str, str], private: Path, public: Path) -> dict[str, str]:
