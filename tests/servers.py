@@ -40,8 +40,14 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(env: dict[str, str], log_dir: Path, *, workers: int = 2) -> Iterator[LiveServer]:
-    """``python -m app`` (the project's Granian launcher) on 127.0.0.1 and a free port, until the block ends."""
+def live_server(
+    env: dict[str, str], log_dir: Path, *, workers: int = 2, factory: str | None = None
+) -> Iterator[LiveServer]:
+    """``python -m app`` (the project's Granian launcher) on 127.0.0.1 and a free port, until the block ends.
+
+    ``factory`` (``"tests.ratelimit_app:create_app"``): plain Granian serves that app factory instead, e.g. the app
+    with test-only routes.
+    """
     port = free_port()
     log_file = log_dir / f"server-{port}.log"
     server_env = {
@@ -54,10 +60,10 @@ def live_server(env: dict[str, str], log_dir: Path, *, workers: int = 2) -> Iter
         "LOG_LEVEL": env.get("LOG_LEVEL", "WARNING"),
     }
     with log_file.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app"],
-            cwd=PROJECT_ROOT / "src",
-            env=server_env,
+        process = subprocess.Popen(  # noqa: S603 - a fixed command of this test suite
+            _command(factory, port, workers),
+            cwd=PROJECT_ROOT / "src" if factory is None else PROJECT_ROOT,
+            env=server_env if factory is None else {**server_env, "PYTHONPATH": str(PROJECT_ROOT)},
             stdout=output,
             stderr=subprocess.STDOUT,
         )
@@ -72,6 +78,15 @@ def live_server(env: dict[str, str], log_dir: Path, *, workers: int = 2) -> Iter
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _command(factory: str | None, port: int, workers: int) -> list[str]:
+    if factory is None:
+        return [sys.executable, "-m", "app"]
+    return [
+        *(sys.executable, "-m", "granian", "--interface", "asgi", "--factory"),
+        *("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), factory),
+    ]
 
 
 def _wait_until_serving(server: LiveServer, process: subprocess.Popen[bytes], workers: int) -> None:

@@ -28,12 +28,14 @@ from app.core.errors import AppRequest, exception_to_response
 from app.core.keys import load_signing_keys
 from app.core.logging import AccessLog, configure_logging, log_startup
 from app.core.openapi import docs_gate, openapi_config
+from app.core.rate_limit import RATE_LIMITER, RateLimiter, build_rate_limiter, rate_limit_headers
 from app.core.schemas import provide_pagination
 from app.core.security import OPENAPI_COMPONENTS, AppToken, TokenCodec, build_jwt_auth
 from app.core.security_headers import add_security_headers
 from app.core.settings import Settings, SettingsError, exit_with, load_settings
 from app.system.controllers import SystemController, redirect_to_docs
 from app.tiers.controllers import RateLimitController, TierController
+from app.tiers.services import request_rules_loader
 from app.users.controllers import UserController
 
 # Bodies larger than this are refused with 413 before they are read into memory.
@@ -59,22 +61,27 @@ def _build(settings: Settings, *, announce: bool) -> Litestar:
     database = build_alchemy_config(settings)
     codec = TokenCodec(settings.jwt, load_signing_keys(settings.jwt))
     auth = build_auth(codec, database)
+    limiter = build_limiter(settings, codec, database)
 
     app = Litestar(
         route_handlers=build_routes(settings),
         plugins=[SQLAlchemyPlugin(config=database), GranianPlugin(), FirstRunCLIPlugin()],
         middleware=[auth.middleware],
-        state=State({"settings": settings, "alchemy": database}),
+        state=State({"settings": settings, "alchemy": database, RATE_LIMITER: limiter}),
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "token_codec": Provide(lambda: codec, use_cache=True, sync_to_thread=False),
             "pagination": Provide(provide_pagination, sync_to_thread=False),
         },
-        lifespan=[embedded_lifespan] if settings.embedded else [],
+        lifespan=[*([embedded_lifespan] if settings.embedded else []), limiter.counter.lifespan],
         on_startup=build_startup_hooks(settings, announce=announce),
         request_class=AppRequest,
         exception_handlers={Exception: exception_to_response},
-        before_send=[client_cache_headers(settings.app.client_cache_max_age), add_security_headers],
+        before_send=[
+            client_cache_headers(settings.app.client_cache_max_age),
+            add_security_headers,
+            rate_limit_headers,
+        ],
         openapi_config=openapi_config(settings, docs_gate(settings), components=OPENAPI_COMPONENTS),
         request_max_body_size=REQUEST_MAX_BODY_SIZE,
         logging_config=None,
@@ -87,6 +94,11 @@ def _build(settings: Settings, *, announce: bool) -> Litestar:
 
 def build_auth(codec: TokenCodec, database: SQLAlchemyAsyncConfig) -> JWTAuth[Any, AppToken]:
     return build_jwt_auth(codec, request_user_loader(database))
+
+
+def build_limiter(settings: Settings, codec: TokenCodec, database: SQLAlchemyAsyncConfig) -> RateLimiter:
+    """The ``rate_limit`` guard's limiter: the same user check as authentication, and the tiers' rules on demand."""
+    return build_rate_limiter(settings, codec, request_user_loader(database), request_rules_loader(database))
 
 
 def build_routes(settings: Settings) -> list[Any]:

@@ -41,6 +41,7 @@ from litestar.types import Guard, Method
 from litestar.types.internal_types import PathParameterDefinition
 
 from app.core.guards import requires_superuser
+from app.core.rate_limit import rate_limit
 from app.core.settings import Settings
 
 EXCLUDE_FROM_AUTH = "exclude_from_auth"
@@ -140,7 +141,7 @@ _ERROR_DESCRIPTIONS = {
 }
 OWNER_PATH_PARAMETER = "username"
 RATE_LIMITED_OPT = "rate_limited"
-"""``opt`` key a rate-limited route (or its router) sets to ``True``, so its 429 is documented."""
+"""``opt`` key that documents a 429 for a route; a route with the ``rate_limit`` guard is documented without it."""
 
 
 def error_statuses(handler: HTTPRouteHandler, operation: Operation) -> set[int]:
@@ -165,7 +166,9 @@ def error_statuses(handler: HTTPRouteHandler, operation: Operation) -> set[int]:
         statuses.add(HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if parameters or operation.request_body is not None:
         statuses.add(HTTP_422_UNPROCESSABLE_ENTITY)
-    if handler.opt.get(RATE_LIMITED_OPT):
+    if handler.opt.get(RATE_LIMITED_OPT) or any(
+        rate_limit in (layer.guards or []) for layer in handler.ownership_layers
+    ):
         statuses.add(HTTP_429_TOO_MANY_REQUESTS)
     # Litestar documents validation failures as 400; this app answers them with 422 (core/errors.py).
     statuses.discard(HTTP_400_BAD_REQUEST)

@@ -7,6 +7,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 
 from app.core.guards import requires_superuser
+from app.core.rate_limit import invalidate_rate_limit_rules
 from app.core.schemas import Message, Page, Pagination, to_struct
 from app.core.security import BEARER
 from app.tiers.schemas import RateLimitCreate, RateLimitRead, RateLimitUpdate, TierCreate, TierRead, TierUpdate
@@ -34,7 +35,7 @@ class TierController(Controller):
     async def read_tier(self, name: FromPath[str], tiers: NamedDependency[TierService]) -> TierRead:
         return to_struct(await tiers.get_named(name), TierRead)
 
-    @patch("/tier/{name:str}", guards=[requires_superuser], security=BEARER)
+    @patch("/tier/{name:str}", guards=[requires_superuser], security=BEARER, after_response=invalidate_rate_limit_rules)
     async def update_tier(
         self, name: FromPath[str], data: JSONBody[TierUpdate], tiers: NamedDependency[TierService]
     ) -> Message:
@@ -42,7 +43,13 @@ class TierController(Controller):
         await tiers.update_tier(await tiers.get_named(name), data)
         return Message("Tier updated")
 
-    @delete("/tier/{name:str}", status_code=200, guards=[requires_superuser], security=BEARER)
+    @delete(
+        "/tier/{name:str}",
+        status_code=200,
+        guards=[requires_superuser],
+        security=BEARER,
+        after_response=invalidate_rate_limit_rules,
+    )
     async def delete_tier(self, name: FromPath[str], tiers: NamedDependency[TierService]) -> Message:
         """Superuser only: the tier's rate limits go with it; its users keep no tier."""
         await tiers.delete_tier(await tiers.get_named(name))
@@ -57,7 +64,7 @@ class RateLimitController(Controller):
     tags = ["rate_limits"]
     dependencies = {"rate_limits": Provide(provide_rate_limits)}
 
-    @post("/rate_limit", guards=[requires_superuser], security=BEARER)
+    @post("/rate_limit", guards=[requires_superuser], security=BEARER, after_response=invalidate_rate_limit_rules)
     async def create_rate_limit(
         self, tier_name: FromPath[str], data: JSONBody[RateLimitCreate], rate_limits: NamedDependency[RateLimitService]
     ) -> RateLimitRead:
@@ -82,7 +89,9 @@ class RateLimitController(Controller):
     ) -> RateLimitRead:
         return to_struct(await rate_limits.get_in_tier(tier_name, id), RateLimitRead)
 
-    @patch("/rate_limit/{id:str}", guards=[requires_superuser], security=BEARER)
+    @patch(
+        "/rate_limit/{id:str}", guards=[requires_superuser], security=BEARER, after_response=invalidate_rate_limit_rules
+    )
     async def update_rate_limit(
         self,
         tier_name: FromPath[str],
@@ -94,7 +103,13 @@ class RateLimitController(Controller):
         await rate_limits.update_limit(await rate_limits.get_in_tier(tier_name, id), data)
         return Message("Rate Limit updated")
 
-    @delete("/rate_limit/{id:str}", status_code=200, guards=[requires_superuser], security=BEARER)
+    @delete(
+        "/rate_limit/{id:str}",
+        status_code=200,
+        guards=[requires_superuser],
+        security=BEARER,
+        after_response=invalidate_rate_limit_rules,
+    )
     async def delete_rate_limit(
         self, tier_name: FromPath[str], id: FromPath[int], rate_limits: NamedDependency[RateLimitService]
     ) -> Message:

@@ -7,16 +7,21 @@ from typing import Any
 
 import msgspec
 from advanced_alchemy.exceptions import ErrorMessages
+from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from advanced_alchemy.extensions.litestar.providers import create_service_provider
 from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from litestar.connection import ASGIConnection
 from litestar.exceptions import NotFoundException
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import save_unique, utc_now
 from app.core.errors import UnprocessableError
 from app.core.fields import is_db_id, storable
 from app.core.paths import sanitize_path
+from app.core.rate_limit import RulesLoader, TierRules
 from app.core.schemas import Pagination
 from app.tiers.models import RateLimit, Tier
 from app.tiers.schemas import RateLimitCreate, RateLimitUpdate, TierCreate, TierUpdate
@@ -170,3 +175,25 @@ class RateLimitService(SQLAlchemyAsyncRepositoryService[RateLimit]):
 # The `tiers` and `rate_limits` dependencies: services on the request's session (and so its transaction).
 provide_tiers = create_service_provider(TierService)
 provide_rate_limits = create_service_provider(RateLimitService)
+
+
+async def tier_rules(session: AsyncSession, tier_id: int) -> TierRules | None:
+    """A tier's name and rate limits in one query, for the rate limiter (``None``: no such tier)."""
+    statement = (
+        select(Tier.name, RateLimit.path, RateLimit.limit, RateLimit.period)
+        .outerjoin(RateLimit, RateLimit.tier_id == Tier.id)
+        .where(Tier.id == tier_id)
+    )
+    rows = (await session.execute(statement)).all()
+    if not rows:
+        return None
+    return TierRules(rows[0].name, {row.path: (row.limit, row.period) for row in rows if row.path is not None})
+
+
+def request_rules_loader(alchemy: SQLAlchemyAsyncConfig) -> RulesLoader:
+    """The rate limiter's rules lookup, in the request's own session."""
+
+    async def load(connection: ASGIConnection[Any, Any, Any, Any], tier_id: int) -> TierRules | None:
+        return await tier_rules(alchemy.provide_session(connection.app.state, connection.scope), tier_id)
+
+    return load
