@@ -46,7 +46,8 @@ def test_startup_line_names_mode_database_redis_url_and_docs(
     assert "PostgreSQL+Redis mode" in line
     settings = settings_with()
     assert f"database {settings.db.server}:{settings.db.port}/shop" in line
-    assert "Redis not used yet" in line
+    redis = settings.redis_rate_limit
+    assert f"rate-limit Redis {redis.host}:{redis.port}/{redis.db}" in line
     assert DB_PASSWORD not in log_file.read_text()
 
 
@@ -84,7 +85,9 @@ async def test_the_app_logs_the_startup_line_unless_its_launcher_did(
     lines = [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
     assert [line for line in lines if line.startswith("Serving")] == [
         "Serving the API (ENVIRONMENT=local, docs at /docs) in PostgreSQL+Redis mode: "
-        f"database {settings.db.server}:{settings.db.port}/{settings.db.name}, Redis not used yet"
+        f"database {settings.db.server}:{settings.db.port}/{settings.db.name}, "
+        f"rate-limit Redis {settings.redis_rate_limit.host}:{settings.redis_rate_limit.port}/"
+        f"{settings.redis_rate_limit.db}"
     ]
 
 

@@ -180,11 +180,17 @@ def log_startup(settings: Settings, *, url: str | None = None) -> None:
             settings.db.embedded_path,
         )
         return
-    db = settings.db
-    # No feature talks to Redis yet (cache, rate limits and jobs arrive later): naming its address would suggest
-    # a connection that does not exist.
+    db, rate_limit = settings.db, settings.redis_rate_limit
+    # Each Redis the app talks to, by purpose: only the rate limiter so far (cache and jobs arrive later).
     startup_logger.info(
-        "%s in PostgreSQL+Redis mode: database %s:%s/%s, Redis not used yet", head, db.server, db.port, db.name
+        "%s in PostgreSQL+Redis mode: database %s:%s/%s, rate-limit Redis %s:%s/%s",
+        head,
+        db.server,
+        db.port,
+        db.name,
+        rate_limit.host,
+        rate_limit.port,
+        rate_limit.db,
     )
 
 
