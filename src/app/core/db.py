@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+import structlog
 from advanced_alchemy.base import IdentityBase, orm_registry
 from advanced_alchemy.extensions.litestar import (
     AlembicAsyncConfig,
@@ -15,13 +17,20 @@ from advanced_alchemy.extensions.litestar import (
     EngineConfig,
     SQLAlchemyAsyncConfig,
 )
+
+# How the plugin keeps the request's session in the scope (its own before-send handlers use the same helper).
+from advanced_alchemy.extensions.litestar._utils import get_aa_scope_state
 from advanced_alchemy.types import DateTimeUTC
+from litestar.datastructures import MutableScopeHeaders
+from litestar.types import BeforeMessageSendHookHandler, HTTPResponseStartEvent, Message, Scope
 from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.settings import PROJECT_ROOT, Settings
+
+logger = structlog.get_logger("app.db")
 
 MIGRATIONS_DIR = PROJECT_ROOT / "src" / "app" / "migrations"
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
@@ -124,7 +133,73 @@ class AlchemyConfig(SQLAlchemyAsyncConfig):
             await connection.run_sync(metadata.create_all)
 
 
-def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
+AfterCommit = Callable[[Scope, AsyncSession | None], Awaitable[None]]
+"""Runs once a request's transaction committed, before its response is sent (the response cache's invalidation)."""
+
+_COMMIT_FAILED = "commit_failed"
+_COMMIT_FAILED_BODY = msgspec.json.encode({"status_code": 503, "detail": "Service Unavailable"})
+
+
+def transaction_handler(session_scope_key: str, after_commit: AfterCommit | None) -> BeforeMessageSendHookHandler:
+    """SPEC §1.6: commit when the response status is below 400, roll back otherwise, then close the session.
+
+    advanced-alchemy's ``autocommit`` handler does the same, but logs a failed commit at DEBUG and still sends the
+    2xx: the client would be told a write happened that did not. Here a failed commit turns the response into the
+    503 of SPEC §1.3, and ``after_commit`` (cache invalidation) runs only after a commit that succeeded, before the
+    client can send its next request.
+    """
+
+    async def handler(message: Message, scope: Scope) -> None:
+        if message["type"] == "http.response.start":
+            try:
+                await end_transaction(message, scope)
+            finally:
+                await _close(scope, session_scope_key)
+        elif message["type"] == "http.response.body" and scope.get("state", {}).get(_COMMIT_FAILED):
+            message["body"] = b"" if scope["state"][_COMMIT_FAILED] == "sent" else _COMMIT_FAILED_BODY
+            scope["state"][_COMMIT_FAILED] = "sent"
+        elif message["type"] in {"http.disconnect", "websocket.disconnect", "websocket.close"}:
+            await _close(scope, session_scope_key)
+
+    async def end_transaction(message: HTTPResponseStartEvent, scope: Scope) -> None:
+        session: AsyncSession | None = get_aa_scope_state(scope, session_scope_key)
+        if message["status"] >= 400:
+            if session is not None:
+                await session.rollback()
+            return
+        if session is not None:
+            try:
+                await session.commit()
+            except Exception:
+                logger.exception("commit failed", path=scope.get("path"))
+                _answer_unavailable(message, scope)
+                return
+        if after_commit is not None:
+            await after_commit(scope, session)
+
+    return handler
+
+
+def _answer_unavailable(message: HTTPResponseStartEvent, scope: Scope) -> None:
+    message["status"] = 503
+    headers = MutableScopeHeaders.from_message(message)
+    headers["Content-Type"] = "application/json"
+    headers["Content-Length"] = str(len(_COMMIT_FAILED_BODY))
+    headers["Retry-After"] = "5"
+    scope.setdefault("state", {})[_COMMIT_FAILED] = "pending"
+
+
+async def _close(scope: Scope, session_scope_key: str) -> None:
+    session: AsyncSession | None = get_aa_scope_state(scope, session_scope_key, pop=True)
+    if session is None:
+        return
+    try:
+        await session.close()
+    except Exception:
+        logger.warning("session close failed", path=scope.get("path"), exc_info=True)
+
+
+def build_alchemy_config(settings: Settings, after_commit: AfterCommit | None = None) -> SQLAlchemyAsyncConfig:
     """One request = one transaction, committed below 400 and rolled back otherwise (SPEC §1.6)."""
     if settings.embedded:
         engine = EngineConfig(hide_parameters=True)
@@ -142,7 +217,6 @@ def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
         )
     config = AlchemyConfig(
         connection_string=settings.database_url,
-        before_send_handler="autocommit",
         session_config=AsyncSessionConfig(expire_on_commit=False),
         engine_config=engine,
         create_all=settings.db.create_tables_on_start and not settings.embedded,
@@ -156,6 +230,7 @@ def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
         # TimestampColumns already sets updated_at on update; the listener would also set it on insert.
         enable_touch_updated_timestamp_listener=False,
     )
+    config.before_send_handler = transaction_handler(config.session_scope_key, after_commit)
     if settings.embedded:
         settings.db.embedded_path.parent.mkdir(parents=True, exist_ok=True)
         event.listen(config.get_engine().sync_engine, "connect", _enable_sqlite_foreign_keys)

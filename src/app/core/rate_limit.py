@@ -352,7 +352,7 @@ def client_address(connection: ASGIConnection[Any, Any, Any, Any], trusted: froz
         return peer
     forwarded = connection.headers.get("x-forwarded-for", "").split(",")[0].strip()
     for candidate in (forwarded, connection.headers.get("x-real-ip", "").strip()):
-        if _is_ip(candidate):
+        if candidate and _is_ip(candidate):
             return candidate
     return peer
 
@@ -377,12 +377,15 @@ async def rate_limit(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRout
 
 
 async def rate_limit_headers(message: Message, scope: Scope) -> None:
-    """App-level ``before_send``: the request's rate-limit headers, fresh even on a cached response (Pitfall 10)."""
+    """App-level ``before_send``: the request's rate-limit headers, fresh even on a cached response (Pitfall 10).
+
+    Appended as raw ASGI pairs: no handler sets these names, and a keyed set would rescan every header per name.
+    """
     decision = scope.get("state", {}).get(DECISION)
     if decision is not None and message["type"] == "http.response.start":
-        headers = MutableScopeHeaders.from_message(message)
-        for name, value in decision.headers().items():
-            headers[name] = value
+        MutableScopeHeaders.from_message(message).headers.extend(
+            (name.lower().encode(), value.encode()) for name, value in decision.headers().items()
+        )
 
 
 async def invalidate_rate_limit_rules(request: Request[Any, Any, Any]) -> None:

@@ -61,6 +61,13 @@ class Pagination(msgspec.Struct, frozen=True):
         )
 
 
-def provide_pagination(page: FromQuery[PageNumber] = 1, items_per_page: FromQuery[ItemsPerPage] = 10) -> Pagination:
+PAGINATION_DEFAULTS = {"page": 1, "items_per_page": 10}
+"""SPEC §1.5; also what a cached list's key uses for an omitted parameter (SPEC §6.2)."""
+
+
+def provide_pagination(
+    page: FromQuery[PageNumber] = PAGINATION_DEFAULTS["page"],
+    items_per_page: FromQuery[ItemsPerPage] = PAGINATION_DEFAULTS["items_per_page"],
+) -> Pagination:
     """The ``pagination`` dependency (registered app-wide): a list route only declares the parameter."""
     return Pagination(page=page, items_per_page=items_per_page)

@@ -1,0 +1,337 @@
+"""Server-side response cache (SPEC §6): Litestar's own cache on a Redis store, keys from templates, and one
+invalidation path that runs after the request's transaction committed.
+
+- ``cache(...)`` is the reusable helper of §6.2, applied above a route decorator. On a GET it caches the 2xx
+  responses under ``<key_prefix formatted>:<resource id>``; on any other method it deletes that key and its extras
+  once the write committed. Invalidation extras on a GET fail at import, so at startup.
+- Services that change cached data outside such a route (a user renamed or deleted) call
+  ``invalidate_after_commit(session, ...)``; both end in ``ResponseCache.after_commit``, run by the transaction
+  handler of ``app.core.db`` after a successful commit and before the response is sent, so the client's next GET is
+  fresh on every worker and server.
+- The cache stores Litestar's encoded response (status, headers, body), so a hit is byte-identical to the miss
+  that filled it; hooks that add per-request headers (rate limits, Cache-Control) run again on every hit.
+- A cache Redis that does not answer costs a request about a second: reads fall through to the handler, writes
+  and invalidations are logged at ERROR, and the request succeeds (§6.5).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, get_args, get_origin, get_type_hints
+
+import structlog
+from litestar import Litestar
+from litestar.config.response_cache import ResponseCacheConfig
+from litestar.connection import Request
+from litestar.exceptions import ImproperlyConfiguredException
+from litestar.handlers import HTTPRouteHandler
+from litestar.stores.memory import MemoryStore
+from litestar.stores.redis import RedisStore
+from litestar.types import HTTPScope, Scope
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.settings import Settings
+
+logger = structlog.get_logger("app.cache")
+
+STORE_NAME = "response_cache"
+"""The store registry name of the response cache (``app.stores.get(STORE_NAME)``)."""
+NAMESPACE = "response_cache"
+"""Every cache key in Redis is ``response_cache:<logical key>`` (SPEC §6.2 allows a store namespace)."""
+DEFAULT_EXPIRATION = 3600
+REDIS_TIMEOUT = 1.0
+SCAN_COUNT = 100  # SPEC §6.4: SCAN MATCH … COUNT 100, deleted in batches, never KEYS
+_INVALIDATES = "cache_invalidates"  # route handler ``opt`` key of a write route's invalidation
+_PENDING = "cache_invalidations"  # ``session.info`` key of the invalidations waiting for the commit
+_UNCACHEABLE = "uncacheable:"  # key of a request whose values are not canonical: never written, so never read
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_GLOB_SPECIAL = re.compile(r"([\[\]*?\\])")
+
+
+@dataclass(slots=True)
+class Invalidation:
+    keys: set[str] = field(default_factory=set)
+    patterns: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.keys or self.patterns)
+
+
+def invalidate_after_commit(session: AsyncSession, *, keys: Iterable[str] = (), patterns: Iterable[str] = ()) -> None:
+    """Delete these logical keys and ``*`` patterns once ``session``'s transaction commits (nothing if it rolls
+    back). Callers escape values they put into a pattern (``glob_escape``)."""
+    pending: Invalidation = session.info.setdefault(_PENDING, Invalidation())
+    pending.keys.update(keys)
+    pending.patterns.update(patterns)
+
+
+def glob_escape(value: str) -> str:
+    """``value`` matched literally inside a Redis ``MATCH`` pattern (and ``fnmatch``)."""
+    return _GLOB_SPECIAL.sub(r"[\1]", value) if value else value
+
+
+class FailOpenRedisStore(RedisStore):
+    """A ``RedisStore`` whose outages are misses (SPEC §6.5): Litestar's cache calls the store without a guard."""
+
+    async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
+        try:
+            return await super().get(key, renew_for)
+        except (RedisError, OSError) as error:
+            logger.error("response cache unavailable", operation="get", error=type(error).__name__)
+            return None
+
+    async def set(self, key: str, value: str | bytes, expires_in: int | timedelta | None = None) -> None:
+        try:
+            await super().set(key, value, expires_in)
+        except (RedisError, OSError) as error:
+            logger.error("response cache unavailable", operation="set", error=type(error).__name__)
+
+
+class ResponseCache:
+    """The app's response-cache store (Redis of ``REDIS_CACHE_*``, or a ``MemoryStore`` in embedded mode) and its
+    invalidation. ``lifespan`` connects and closes the Redis client; ``config`` goes to ``Litestar(...)``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.url = None if settings.embedded else settings.redis_cache.url
+        self.memory = MemoryStore() if self.url is None else None
+        self.client: Redis | None = None
+
+    @property
+    def config(self) -> ResponseCacheConfig:
+        return ResponseCacheConfig(
+            store=STORE_NAME, default_expiration=DEFAULT_EXPIRATION, cache_response_filter=_stores_response
+        )
+
+    @property
+    def stores(self) -> dict[str, Any]:
+        """The embedded store, registered at construction; the Redis one is registered by ``lifespan``."""
+        return {STORE_NAME: self.memory} if self.memory is not None else {}
+
+    @asynccontextmanager
+    async def lifespan(self, app: Litestar) -> AsyncIterator[None]:
+        if self.url is None:
+            yield
+            return
+        # Same discipline as the rate limiter: a blocking pool (redis-py's raises at 100 connections under a burst,
+        # notes Pitfall 13) and short timeouts, so an unreachable Redis is a quick miss, not a hung request.
+        pool = BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=64,
+            timeout=5,
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self.client = Redis(connection_pool=pool)
+        app.stores.register(STORE_NAME, FailOpenRedisStore(self.client, namespace=NAMESPACE), allow_override=True)
+        try:
+            yield
+        finally:
+            client, self.client = self.client, None
+            await client.aclose()
+
+    async def invalidate(self, invalidation: Invalidation) -> None:
+        """Delete the keys and every key matching the patterns; an outage is logged, never raised (SPEC §6.5)."""
+        try:
+            if self.memory is not None:
+                self._invalidate_memory(self.memory, invalidation)
+            elif self.client is not None:
+                await self._invalidate_redis(self.client, invalidation)
+        except (RedisError, OSError) as error:
+            logger.error(
+                "response cache invalidation failed",
+                keys=sorted(invalidation.keys),
+                patterns=sorted(invalidation.patterns),
+                error=type(error).__name__,
+            )
+
+    async def after_commit(self, scope: Scope, session: AsyncSession | None) -> None:
+        """The transaction handler's hook: the route's own invalidation plus what its services scheduled."""
+        invalidation = _route_invalidation(scope)
+        if session is not None and (pending := session.info.pop(_PENDING, None)):
+            invalidation.keys |= pending.keys
+            invalidation.patterns |= pending.patterns
+        if invalidation:
+            await self.invalidate(invalidation)
+
+    @staticmethod
+    async def _invalidate_redis(client: Redis, invalidation: Invalidation) -> None:
+        if invalidation.keys:
+            await client.delete(*(f"{NAMESPACE}:{key}" for key in invalidation.keys))
+        for pattern in invalidation.patterns:
+            batch: list[bytes] = []
+            async for key in client.scan_iter(match=f"{NAMESPACE}:{pattern}", count=SCAN_COUNT):
+                batch.append(key)
+                if len(batch) >= SCAN_COUNT:
+                    await client.delete(*batch)
+                    batch.clear()
+            if batch:
+                await client.delete(*batch)
+
+    @staticmethod
+    def _invalidate_memory(store: MemoryStore, invalidation: Invalidation) -> None:
+        # MemoryStore has no key listing; its dict is read directly (embedded mode: one process, no await here).
+        stored: dict[str, Any] = store._store
+        doomed = set(invalidation.keys)
+        for pattern in invalidation.patterns:
+            doomed.update(key for key in stored if fnmatch.fnmatchcase(key, pattern))
+        for key in doomed:
+            stored.pop(key, None)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyTemplate:
+    """``<key_prefix formatted>:<resource id>`` from a request's path and query values (SPEC §6.2)."""
+
+    key_prefix: str
+    resource_id_name: str
+    query_defaults: Mapping[str, Any]
+    int_names: frozenset[str]
+
+    def names(self) -> set[str]:
+        return {*_PLACEHOLDER.findall(self.key_prefix), self.resource_id_name}
+
+    def key(self, request: Request[Any, Any, Any]) -> str:
+        """The logical key; a request whose values are not in their one canonical spelling (``page=01``, a repeated
+        parameter) gets a key that is never written, so a spelling can neither share nor poison the real key."""
+        values: dict[str, str] = {}
+        for name in self.names():
+            value = _request_value(request, name, self.query_defaults)
+            if value is None or (name in self.int_names and not _canonical_int(value)):
+                return f"{_UNCACHEABLE}{request.url.path}"
+            values[name] = value
+        return format_key(self.key_prefix, values, values[self.resource_id_name])
+
+
+def format_key(key_prefix: str, values: Mapping[str, Any], resource_id: Any) -> str:
+    return f"{key_prefix.format_map(values)}:{resource_id}"
+
+
+def format_pattern(template: str, values: Mapping[str, Any]) -> str:
+    """A pattern template (``{username}_posts:*``) with the values escaped, so only the template's ``*`` match."""
+    return template.format_map({name: glob_escape(str(value)) for name, value in values.items()})
+
+
+def cache(
+    *,
+    key_prefix: str,
+    resource_id_name: str,
+    expiration: int = DEFAULT_EXPIRATION,
+    to_invalidate_extra: Mapping[str, str] | None = None,
+    pattern_to_invalidate_extra: Iterable[str] | None = None,
+    query_defaults: Mapping[str, Any] | None = None,
+) -> Callable[[HTTPRouteHandler], HTTPRouteHandler]:
+    """SPEC §6.2, above a route decorator::
+
+        @cache(key_prefix="{username}_post_cache", resource_id_name="id")
+        @get("/{username:str}/post/{id:str}")
+
+    GET: 2xx responses are cached for ``expiration`` seconds under ``<key_prefix>:<resource id>``, placeholders filled
+    from path and query parameters (``query_defaults`` for the query parameters a request may omit). Any other method:
+    after the write commits, that key is deleted, plus ``<prefix>:<id>`` for each ``to_invalidate_extra`` item and
+    every key matching each ``pattern_to_invalidate_extra`` template.
+    """
+    defaults = dict(query_defaults or {})
+    extras = dict(to_invalidate_extra or {})
+    patterns = tuple(pattern_to_invalidate_extra or ())
+
+    def apply(handler: HTTPRouteHandler) -> HTTPRouteHandler:
+        methods = set(handler.http_methods)
+        if methods == {"GET"}:
+            if extras or patterns:
+                raise ImproperlyConfiguredException(
+                    f"cache(): invalidation extras on the GET route {handler.paths}; put them on the writes"
+                )
+            template = KeyTemplate(key_prefix, resource_id_name, defaults, _int_names(handler, defaults))
+            handler.cache = expiration
+            handler.cache_key_builder = template.key
+        elif "GET" in methods:
+            raise ImproperlyConfiguredException(f"cache(): {handler.paths} mixes GET with writes")
+        else:
+            int_names = _int_names(handler, defaults)
+            handler.opt[_INVALIDATES] = RouteInvalidation(key_prefix, resource_id_name, extras, patterns, int_names)
+        return handler
+
+    return apply
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInvalidation:
+    key_prefix: str
+    resource_id_name: str
+    extras: Mapping[str, str]
+    patterns: tuple[str, ...]
+    int_names: frozenset[str]
+
+    def for_request(self, request: Request[Any, Any, Any]) -> Invalidation:
+        """The committed write's keys, with integers in the spelling the GET's key uses (``042`` wrote post 42)."""
+        values: dict[str, str] = {}
+        for name in _PLACEHOLDER.findall(
+            " ".join([self.key_prefix, *self.extras, *self.extras.values(), *self.patterns])
+        ):
+            values[name] = _request_value(request, name, {}) or ""
+        values[self.resource_id_name] = _request_value(request, self.resource_id_name, {}) or ""
+        for name in self.int_names & values.keys():
+            if values[name].isascii() and values[name].isdigit():
+                values[name] = str(int(values[name]))
+        keys = {format_key(self.key_prefix, values, values[self.resource_id_name])}
+        keys.update(
+            format_key(prefix, values, id_template.format_map(values)) for prefix, id_template in self.extras.items()
+        )
+        return Invalidation(keys, {format_pattern(pattern, values) for pattern in self.patterns})
+
+
+def _route_invalidation(scope: Scope) -> Invalidation:
+    handler = scope.get("route_handler")
+    rule: RouteInvalidation | None = handler.opt.get(_INVALIDATES) if handler is not None else None
+    if rule is None:
+        return Invalidation()
+    return rule.for_request(Request(scope))
+
+
+def _stores_response(scope: HTTPScope, status_code: int) -> bool:
+    """Only routes that ask for caching, only 2xx (Pitfall 9: Litestar's cache wraps every handler of a path, so an
+    uncached PATCH on a cached path would be stored too, without expiry), never an uncacheable spelling."""
+    handler = scope["route_handler"]
+    if not getattr(handler, "cache", False) or not 200 <= status_code < 300:
+        return False
+    builder = getattr(handler, "cache_key_builder", None)
+    return builder is None or not builder(Request(scope)).startswith(_UNCACHEABLE)
+
+
+def _request_value(request: Request[Any, Any, Any], name: str, defaults: Mapping[str, Any]) -> str | None:
+    if name in request.path_params:
+        return str(request.path_params[name])
+    given = request.query_params.getall(name, [])
+    if len(given) > 1:
+        return None
+    return str(given[0]) if given else (str(defaults[name]) if name in defaults else None)
+
+
+def _canonical_int(value: str) -> bool:
+    return value.isascii() and value.isdigit() and str(int(value)) == value
+
+
+def _int_names(handler: HTTPRouteHandler, defaults: Mapping[str, Any]) -> frozenset[str]:
+    """Parameters whose value is an integer: the handler's ``int`` parameters and integer query defaults."""
+    names = {name for name, value in defaults.items() if isinstance(value, int)}
+    try:
+        hints = get_type_hints(handler.fn, include_extras=True)
+    except (NameError, TypeError):  # an annotation only a type checker resolves: no integer parameters known
+        hints = {}
+    for name, hint in hints.items():
+        inner = hint
+        while get_origin(inner) is not None and get_args(inner):
+            inner = get_args(inner)[0]  # FromPath[int] is Annotated[int, ...]
+        if inner is int:
+            names.add(name)
+    return frozenset(names)
