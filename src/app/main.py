@@ -20,6 +20,7 @@ from litestar_granian import GranianPlugin
 from app.auth.controllers import AuthController
 from app.auth.services import request_user_loader
 from app.cli import FirstRunCLIPlugin
+from app.core.cache import ResponseCache
 from app.core.client_cache import client_cache_headers
 from app.core.db import build_alchemy_config
 from app.core.docs import docs_router
@@ -33,6 +34,7 @@ from app.core.schemas import provide_pagination
 from app.core.security import OPENAPI_COMPONENTS, AppToken, TokenCodec, build_jwt_auth
 from app.core.security_headers import add_security_headers
 from app.core.settings import Settings, SettingsError, exit_with, load_settings
+from app.posts.controllers import PostController
 from app.system.controllers import SystemController, redirect_to_docs
 from app.tiers.controllers import RateLimitController, TierController
 from app.tiers.services import request_rules_loader
@@ -58,7 +60,9 @@ def create_app(settings: Settings | None = None, *, announce: bool = True) -> Li
 
 def _build(settings: Settings, *, announce: bool) -> Litestar:
     configure_logging(settings)
-    database = build_alchemy_config(settings)
+    response_cache = ResponseCache(settings)
+    # Writes invalidate the response cache once their transaction committed (SPEC §6.1).
+    database = build_alchemy_config(settings, after_commit=response_cache.after_commit)
     codec = TokenCodec(settings.jwt, load_signing_keys(settings.jwt))
     auth = build_auth(codec, database)
     limiter = build_limiter(settings, codec, database)
@@ -73,7 +77,13 @@ def _build(settings: Settings, *, announce: bool) -> Litestar:
             "token_codec": Provide(lambda: codec, use_cache=True, sync_to_thread=False),
             "pagination": Provide(provide_pagination, sync_to_thread=False),
         },
-        lifespan=[*([embedded_lifespan] if settings.embedded else []), limiter.counter.lifespan],
+        stores=response_cache.stores,
+        response_cache_config=response_cache.config,
+        lifespan=[
+            *([embedded_lifespan] if settings.embedded else []),
+            limiter.counter.lifespan,
+            response_cache.lifespan,
+        ],
         on_startup=build_startup_hooks(settings, announce=announce),
         request_class=AppRequest,
         exception_handlers={Exception: exception_to_response},
@@ -108,7 +118,14 @@ def build_routes(settings: Settings) -> list[Any]:
     """
     api_v1 = Router(
         "/api/v1",
-        route_handlers=[SystemController, AuthController, UserController, TierController, RateLimitController],
+        route_handlers=[
+            SystemController,
+            AuthController,
+            UserController,
+            TierController,
+            RateLimitController,
+            PostController,
+        ],
     )
     api_auth = Router("/api/auth", route_handlers=[AuthController])
     routes: list[Any] = [api_v1, api_auth]

@@ -1,11 +1,38 @@
-"""Post business rules (SPEC §4.4)."""
+"""Post business rules: a post is reached through its author's username, soft and hard delete (SPEC §4.4), and the
+response-cache keys of the post routes (SPEC §6.3, §6.4)."""
 
 from __future__ import annotations
 
+from advanced_alchemy.extensions.litestar.providers import create_service_provider
+from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from litestar.exceptions import NotFoundException
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.cache import format_key, format_pattern, invalidate_after_commit
+from app.core.db import utc_now
+from app.core.fields import is_db_id
+from app.core.schemas import Pagination
 from app.posts.models import Post
+from app.posts.schemas import PostCreate, PostUpdate
+from app.users.models import User
+
+POST_NOT_FOUND = "Post not found"
+
+# SPEC §6.3: the cache keys of P2 (`<prefix>:<username>`) and P3 (`<prefix>:<id>`).
+POST_PAGES_KEY = "{username}_posts:page_{page}:items_per_page:{items_per_page}"
+POST_KEY = "{username}_post_cache"
+POST_PAGES_PATTERN = "{username}_posts:*"
+POSTS_PATTERN = "{username}_post_cache:*"
+
+
+def invalidate_user_posts(session: AsyncSession, username: str) -> None:
+    """SPEC §6.4 [Δ]: a user deleted or renamed takes every cached page and post of the old username with them."""
+    values = {"username": username}
+    invalidate_after_commit(
+        session, patterns=[format_pattern(POST_PAGES_PATTERN, values), format_pattern(POSTS_PATTERN, values)]
+    )
 
 
 class PostService(SQLAlchemyAsyncRepositoryService[Post]):
@@ -13,3 +40,57 @@ class PostService(SQLAlchemyAsyncRepositoryService[Post]):
         model_type = Post
 
     repository_type = Repo
+
+    async def list_of(self, author: User, pagination: Pagination) -> tuple[list[Post], int]:
+        posts, total = await self.get_many_and_count(
+            LimitOffset(limit=pagination.limit, offset=pagination.offset),
+            OrderBy(field_name="id", sort_order="asc"),
+            created_by_user_id=author.id,
+            is_deleted=False,
+            # SPEC §1.5: a page past the end still reports the total (a window-function count would say 0).
+            count_with_window_function=False,
+        )
+        return list(posts), total
+
+    async def get_of(self, author: User, post_id: int, *, include_deleted: bool = False) -> Post:
+        """SPEC §4.4 [Δ]: the post must be ``author``'s; a soft-deleted one only where the route includes it."""
+        post = None
+        if is_db_id(post_id):
+            post = await self.get_one_or_none(id=post_id, created_by_user_id=author.id)
+        if post is None or (post.is_deleted and not include_deleted):
+            raise NotFoundException(POST_NOT_FOUND)
+        return post
+
+    async def create_for(self, author: User, data: PostCreate) -> Post:
+        post = Post(created_by_user_id=author.id, title=data.title, text=data.text, media_url=data.media_url)
+        self.repository.session.add(post)
+        await self.repository.session.flush()
+        self._invalidate(author, post=None)  # SPEC §6.4 [Δ]: the new post shows on the author's pages at once
+        return post
+
+    async def update_post(self, author: User, post: Post, data: PostUpdate) -> None:
+        for name, value in data.to_dict().items():
+            setattr(post, name, value)
+        post.updated_at = utc_now()
+        await self.repository.session.flush()
+        self._invalidate(author, post)
+
+    async def soft_delete(self, author: User, post: Post) -> None:
+        post.mark_deleted()
+        await self.repository.session.flush()
+        self._invalidate(author, post)
+
+    async def hard_delete(self, author: User, post: Post) -> None:
+        await self.delete(post.id)
+        self._invalidate(author, post)
+
+    def _invalidate(self, author: User, post: Post | None) -> None:
+        """SPEC §6.4: the post's own key and every page of its author's list, once the write commits."""
+        values = {"username": author.username}
+        keys = [format_key(POST_KEY, values, post.id)] if post is not None else []
+        invalidate_after_commit(
+            self.repository.session, keys=keys, patterns=[format_pattern(POST_PAGES_PATTERN, values)]
+        )
+
+
+provide_posts = create_service_provider(PostService)

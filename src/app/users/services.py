@@ -19,6 +19,7 @@ from app.core.fields import storable
 from app.core.guards import ensure_owner
 from app.core.passwords import hash_password
 from app.core.schemas import Pagination
+from app.posts.services import invalidate_user_posts
 from app.tiers.models import RateLimit, Tier
 from app.users.models import User
 from app.users.schemas import RESERVED_USERNAMES, UserCreate, UserUpdate, normalize_email
@@ -116,20 +117,27 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
             if new_email is not None and await self.email_taken(new_email):
                 raise UnprocessableError(EMAIL_TAKEN)
 
+        old_username = user.username
+
         def apply() -> None:
             for name, value in changes.items():
                 setattr(user, name, value)
             user.updated_at = utc_now()
 
         await self._save_or_reject(apply, email=new_email)
+        if renamed:
+            invalidate_user_posts(self.repository.session, old_username)
 
     async def soft_delete(self, user: User) -> None:
         user.mark_deleted()
         await self.repository.session.flush()
+        invalidate_user_posts(self.repository.session, user.username)
 
     async def hard_delete(self, user: User) -> None:
         """The user's posts go with the row (ON DELETE CASCADE)."""
+        username = user.username
         await self.delete(user.id)
+        invalidate_user_posts(self.repository.session, username)
 
     async def tier_of(self, user: User) -> Tier | None:
         if user.tier_id is None:
