@@ -19,7 +19,7 @@ def _free_port() -> int:
         return port
 
 
-def test_embedded_mode_serves_health_and_docs(test_env: dict[str, str], project_root: Path, tmp_path: Path) -> None:
+def test_embedded_mode_serves_api_docs_and_jobs(test_env: dict[str, str], project_root: Path, tmp_path: Path) -> None:
     port = _free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("POSTGRES_", "REDIS_"))}
     env |= {
@@ -58,11 +58,21 @@ def test_embedded_mode_serves_health_and_docs(test_env: dict[str, str], project_
             token = login.json()["access_token"]
             me = httpx.get(f"{base}/api/v1/user/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
             assert me.json()["username"] == "ann"
+            # A job runs end to end without Redis: the in-process worker takes it from the in-process broker.
+            created = httpx.post(f"{base}/api/v1/tasks/task", params={"message": "embedded"}, timeout=10)
+            assert created.status_code == 201, created.text
+            task = f"{base}/api/v1/tasks/task/{created.json()['id']}"
+            deadline = time.monotonic() + 20
+            while (body := httpx.get(task, timeout=10).json())["status"] != "complete" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert (body["status"], body["result"]) == ("complete", "Task embedded is complete!")
         finally:
             server.terminate()
             server.wait(timeout=30)
     output_text = log.read_text()
     embedded_lines = [line for line in output_text.splitlines() if "embedded mode" in line]
     assert len(embedded_lines) == 1, output_text
+    assert "Worker Started" in output_text
+    assert "Worker end" in output_text
     assert "src/.env.example" in embedded_lines[0]
     assert (tmp_path / "embedded.sqlite3").is_file()

@@ -48,6 +48,8 @@ def test_startup_line_names_mode_database_redis_url_and_docs(
     assert f"database {settings.db.server}:{settings.db.port}/shop" in line
     redis = settings.redis_rate_limit
     assert f"rate-limit Redis {redis.host}:{redis.port}/{redis.db}" in line
+    queue = settings.redis_queue
+    assert f"queue Redis {queue.host}:{queue.port}/{queue.db}" in line
     assert DB_PASSWORD not in log_file.read_text()
 
 
@@ -87,7 +89,8 @@ async def test_the_app_logs_the_startup_line_unless_its_launcher_did(
         "Serving the API (ENVIRONMENT=local, docs at /docs) in PostgreSQL+Redis mode: "
         f"database {settings.db.server}:{settings.db.port}/{settings.db.name}, "
         f"rate-limit Redis {settings.redis_rate_limit.host}:{settings.redis_rate_limit.port}/"
-        f"{settings.redis_rate_limit.db}"
+        f"{settings.redis_rate_limit.db}, "
+        f"queue Redis {settings.redis_queue.host}:{settings.redis_queue.port}/{settings.redis_queue.db}"
     ]
 
 

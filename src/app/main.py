@@ -16,8 +16,10 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.security.jwt import JWTAuth
 from litestar_granian import GranianPlugin
+from litestar_saq import SAQPlugin
 
 from app.auth.controllers import AuthController
+from app.auth.jobs import purge_expired_tokens
 from app.auth.services import request_user_loader
 from app.cli import FirstRunCLIPlugin
 from app.core.cache import ResponseCache
@@ -29,6 +31,7 @@ from app.core.errors import AppRequest, exception_to_response
 from app.core.keys import load_signing_keys
 from app.core.logging import AccessLog, configure_logging, log_startup
 from app.core.openapi import docs_gate, openapi_config
+from app.core.queue import HOURLY, add_queue_dashboard, build_queue_plugin, cron_job, queue_lifespan
 from app.core.rate_limit import RATE_LIMITER, RateLimiter, build_rate_limiter, rate_limit_headers
 from app.core.schemas import provide_pagination
 from app.core.security import OPENAPI_COMPONENTS, AppToken, TokenCodec, build_jwt_auth
@@ -36,6 +39,8 @@ from app.core.security_headers import add_security_headers
 from app.core.settings import Settings, SettingsError, exit_with, load_settings
 from app.posts.controllers import PostController
 from app.system.controllers import SystemController, redirect_to_docs
+from app.tasks.controllers import TaskController
+from app.tasks.jobs import count_users, sample_background_task
 from app.tiers.controllers import RateLimitController, TierController
 from app.tiers.services import request_rules_loader
 from app.users.controllers import UserController
@@ -66,10 +71,11 @@ def _build(settings: Settings, *, announce: bool) -> Litestar:
     codec = TokenCodec(settings.jwt, load_signing_keys(settings.jwt))
     auth = build_auth(codec, database)
     limiter = build_limiter(settings, codec, database)
+    queue = build_queue(settings)
 
     app = Litestar(
         route_handlers=build_routes(settings),
-        plugins=[SQLAlchemyPlugin(config=database), GranianPlugin(), FirstRunCLIPlugin()],
+        plugins=[SQLAlchemyPlugin(config=database), GranianPlugin(), FirstRunCLIPlugin(), queue],
         middleware=[auth.middleware],
         state=State({"settings": settings, "alchemy": database, RATE_LIMITER: limiter}),
         dependencies={
@@ -83,6 +89,7 @@ def _build(settings: Settings, *, announce: bool) -> Litestar:
             *([embedded_lifespan] if settings.embedded else []),
             limiter.counter.lifespan,
             response_cache.lifespan,
+            queue_lifespan,
         ],
         on_startup=build_startup_hooks(settings, announce=announce),
         request_class=AppRequest,
@@ -97,6 +104,7 @@ def _build(settings: Settings, *, announce: bool) -> Litestar:
         logging_config=None,
         debug=False,
     )
+    add_queue_dashboard(app, docs_gate(settings))  # /saq, gated like the docs
     # Outermost, so unknown routes (404/405) are logged too.
     app.asgi_handler = AccessLog(app.asgi_handler)
     return app
@@ -109,6 +117,15 @@ def build_auth(codec: TokenCodec, database: SQLAlchemyAsyncConfig) -> JWTAuth[An
 def build_limiter(settings: Settings, codec: TokenCodec, database: SQLAlchemyAsyncConfig) -> RateLimiter:
     """The ``rate_limit`` guard's limiter: the same user check as authentication, and the tiers' rules on demand."""
     return build_rate_limiter(settings, codec, request_user_loader(database), request_rules_loader(database))
+
+
+def build_queue(settings: Settings) -> SAQPlugin:
+    """SAQ (SPEC §10): the jobs a worker runs, and the hourly purge of the token blacklist."""
+    return build_queue_plugin(
+        settings,
+        jobs=[sample_background_task, count_users],
+        cron_jobs=[cron_job(purge_expired_tokens, HOURLY)],
+    )
 
 
 def build_routes(settings: Settings) -> list[Any]:
@@ -125,6 +142,7 @@ def build_routes(settings: Settings) -> list[Any]:
             TierController,
             RateLimitController,
             PostController,
+            TaskController,
         ],
     )
     api_auth = Router("/api/auth", route_handlers=[AuthController])

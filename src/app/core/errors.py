@@ -28,6 +28,8 @@ from app.core.db import caused_by
 
 logger = structlog.get_logger("app.errors")
 _FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`")
+# Litestar names a missing query, header or cookie parameter in its message only (with the request's URL).
+_MISSING_PARAMETER = re.compile(r"Missing required (query|header|cookie|path) parameter '([^']+)' for path ")
 
 # Fixed texts shared by many routes (SPEC §1.3).
 NOT_AUTHENTICATED = "Not authenticated"
@@ -127,6 +129,9 @@ def _body_error(message: str, key: str) -> dict[str, str]:
 
 def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """The single exception handler of the app: every error leaves through here, never with a traceback."""
+    if isinstance(exc, ServerError):
+        logger.error("server error", detail=exc.detail, path=request.url.path, method=request.method)
+        return error_response(HTTP_500_INTERNAL_SERVER_ERROR, exc.detail)
     if isinstance(exc, HTTPException) and exc.status_code != HTTP_500_INTERNAL_SERVER_ERROR:
         return _http_error_response(request, exc)
     if caused_by(exc, UNAVAILABLE_ERRORS):
@@ -141,6 +146,7 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
 def _http_error_response(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     if isinstance(exc, ValidationException):
         # SPEC §1.3: validation errors are 422 (Litestar's default is 400) and keep the per-field list in `extra`.
+        exc = _missing_parameter(request, exc) or exc
         extra = _with_every_body_field(request, _name_body_fields(exc.extra or []))
         return error_response(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail, extra=extra, headers=exc.headers)
     if exc.status_code == HTTP_400_BAD_REQUEST:
@@ -151,6 +157,16 @@ def _http_error_response(request: Request[Any, Any, Any], exc: HTTPException) ->
     if exc.status_code == HTTP_401_UNAUTHORIZED:
         headers.setdefault("WWW-Authenticate", "Bearer")
     return error_response(exc.status_code, exc.detail, headers=headers)
+
+
+def _missing_parameter(request: Request[Any, Any, Any], exc: ValidationException) -> ValidationException | None:
+    """A required parameter that is absent, as SPEC §1.3 reports it: the uniform detail and the field in ``extra``."""
+    missing = _MISSING_PARAMETER.match(exc.detail)
+    if missing is None or exc.extra:
+        return None
+    source, key = missing.groups()
+    extra = [{"message": f"Missing required {source} parameter", "key": key, "source": source}]
+    return validation_failed(request, extra)
 
 
 def _repository_error_response(exc: RepositoryError) -> Response[dict[str, Any]] | None:
@@ -175,6 +191,13 @@ class AppRequest(Request[Any, Any, Any]):
             return await super().json()
         except RecursionError:
             raise ClientException("JSON body is nested too deeply") from None
+
+
+class ServerError(HTTPException):
+    """A 500 whose ``detail`` the spec fixes (K1's ``Failed to create task``); any other 500 is only
+    ``Internal Server Error``, since its text may describe internals."""
+
+    status_code = HTTP_500_INTERNAL_SERVER_ERROR
 
 
 class UnprocessableError(ClientException):

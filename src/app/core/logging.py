@@ -180,10 +180,10 @@ def log_startup(settings: Settings, *, url: str | None = None) -> None:
             settings.db.embedded_path,
         )
         return
-    db, rate_limit = settings.db, settings.redis_rate_limit
-    # Each Redis the app talks to, by purpose: only the rate limiter so far (cache and jobs arrive later).
+    db, rate_limit, queue = settings.db, settings.redis_rate_limit, settings.redis_queue
+    # Each Redis the app talks to, by purpose (the response cache's is still to be added here).
     startup_logger.info(
-        "%s in PostgreSQL+Redis mode: database %s:%s/%s, rate-limit Redis %s:%s/%s",
+        "%s in PostgreSQL+Redis mode: database %s:%s/%s, rate-limit Redis %s:%s/%s, queue Redis %s:%s/%s",
         head,
         db.server,
         db.port,
@@ -191,6 +191,9 @@ def log_startup(settings: Settings, *, url: str | None = None) -> None:
         rate_limit.host,
         rate_limit.port,
         rate_limit.db,
+        queue.host,
+        queue.port,
+        queue.db,
     )
 
 

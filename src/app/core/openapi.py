@@ -150,7 +150,8 @@ def error_statuses(handler: HTTPRouteHandler, operation: Operation) -> set[int]:
     A handler adds a status of its own with Litestar's ``raises=[SomeHTTPException]`` (e.g. an owner check's 403).
     """
     parameters = [p for p in operation.parameters or [] if isinstance(p, Parameter)]
-    statuses = {exc.status_code for exc in handler.raises or [] if exc.status_code < HTTP_500_INTERNAL_SERVER_ERROR}
+    # Any status a handler `raises` (e.g. the tasks routes' 503), but 500: no route documents that one.
+    statuses = {exc.status_code for exc in handler.raises or [] if exc.status_code != HTTP_500_INTERNAL_SERVER_ERROR}
     if not handler.opt.get(EXCLUDE_FROM_AUTH):
         statuses.add(HTTP_401_UNAUTHORIZED)
     # `resolve_guards()` wraps each guard; the layers hold them as declared.
