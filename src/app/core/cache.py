@@ -196,15 +196,17 @@ class KeyTemplate:
     resource_id_name: str
     query_defaults: Mapping[str, Any]
     int_names: frozenset[str]
+    names: tuple[str, ...] = ()
 
-    def names(self) -> set[str]:
-        return {*_PLACEHOLDER.findall(self.key_prefix), self.resource_id_name}
+    def __post_init__(self) -> None:
+        # Built once per route: this runs on every request of a cached route, hit or miss.
+        object.__setattr__(self, "names", tuple({*_PLACEHOLDER.findall(self.key_prefix), self.resource_id_name}))
 
     def key(self, request: Request[Any, Any, Any]) -> str:
         """The logical key; a request whose values are not in their one canonical spelling (``page=01``, a repeated
         parameter) gets a key that is never written, so a spelling can neither share nor poison the real key."""
         values: dict[str, str] = {}
-        for name in self.names():
+        for name in self.names:
             value = _request_value(request, name, self.query_defaults)
             if value is None or (name in self.int_names and not _canonical_int(value)):
                 return f"{_UNCACHEABLE}{request.url.path}"
