@@ -33,12 +33,11 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.stores.memory import MemoryStore
 from litestar.stores.redis import RedisStore
 from litestar.types import HTTPScope, Scope
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from redis.retry import Retry
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.redis_clients import fail_fast_client
 from app.core.settings import Settings
 
 logger = structlog.get_logger("app.cache")
@@ -48,7 +47,6 @@ STORE_NAME = "response_cache"
 NAMESPACE = "response_cache"
 """Every cache key in Redis is ``response_cache:<logical key>`` (SPEC §6.2 allows a store namespace)."""
 DEFAULT_EXPIRATION = 3600
-REDIS_TIMEOUT = 1.0
 SCAN_COUNT = 100  # SPEC §6.4: SCAN MATCH … COUNT 100, deleted in batches, never KEYS
 _INVALIDATES = "cache_invalidates"  # route handler ``opt`` key of a write route's invalidation
 _PENDING = "cache_invalidations"  # ``session.info`` key of the invalidations waiting for the commit
@@ -121,17 +119,7 @@ class ResponseCache:
         if self.url is None:
             yield
             return
-        # Same discipline as the rate limiter: a blocking pool (redis-py's raises at 100 connections under a burst,
-        # notes Pitfall 13) and short timeouts, so an unreachable Redis is a quick miss, not a hung request.
-        pool = BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=64,
-            timeout=5,
-            socket_timeout=REDIS_TIMEOUT,
-            socket_connect_timeout=REDIS_TIMEOUT,
-            retry=Retry(NoBackoff(), 1),
-        )
-        self.client = Redis(connection_pool=pool)
+        self.client = fail_fast_client(self.url)
         app.stores.register(STORE_NAME, FailOpenRedisStore(self.client, namespace=NAMESPACE), allow_override=True)
         try:
             yield

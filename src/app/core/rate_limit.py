@@ -28,14 +28,13 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import TooManyRequestsException
 from litestar.handlers import BaseRouteHandler
 from litestar.types import Message, Scope
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from app.core.errors import RATE_LIMIT_EXCEEDED
 from app.core.logging import USER_ID_STATE_KEY
 from app.core.paths import sanitize_path
+from app.core.redis_clients import fail_fast_client
 from app.core.security import AppToken, TokenCodec, TokenRejected, UserLoader, bearer_token
 from app.core.settings import Settings
 
@@ -53,8 +52,6 @@ POLICY_HEADER, LIMIT_HEADER, REMAINING_HEADER, RESET_HEADER = (
     "RateLimit-Reset",
 )
 RULES_TTL = 24 * 3600  # a safety net only: rule writes invalidate at once (``invalidate_rate_limit_rules``)
-# An unreachable Redis must cost a request about a second, not hang it (SPEC §5.7: fail open).
-REDIS_TIMEOUT = 1.0
 
 # Rules hash ``ratelimit:rules:<generation>:<tier id>``: ``name`` → tier name, ``path:<path>`` → ``<limit>:<period>``.
 # A rule write bumps the generation, so a reload racing with it writes a hash no request reads again.
@@ -161,16 +158,7 @@ class RedisCounter:
 
     @asynccontextmanager
     async def lifespan(self, _: Litestar) -> AsyncIterator[None]:
-        # redis-py 8's pool raises at 100 connections under a burst; a blocking pool waits instead (Pitfall 13).
-        pool = BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=64,
-            timeout=5,
-            socket_timeout=REDIS_TIMEOUT,
-            socket_connect_timeout=REDIS_TIMEOUT,
-            retry=Retry(NoBackoff(), 1),
-        )
-        self.client = Redis(connection_pool=pool)
+        self.client = fail_fast_client(self.url)
         # `register_script` runs EVALSHA and reloads the script after SCRIPT FLUSH or a restart (NOSCRIPT).
         self._hit = self.client.register_script(_HIT)
         self._store = self.client.register_script(_STORE_RULES)

@@ -9,7 +9,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 
 from app.core.cache import cache
-from app.core.guards import ensure_owner, requires_superuser
+from app.core.guards import requires_superuser
 from app.core.rate_limit import rate_limit
 from app.core.schemas import PAGINATION_DEFAULTS, Message, Page, Pagination, to_struct
 from app.core.security import BEARER, AppToken
@@ -35,8 +35,7 @@ class PostController(Controller):
         posts: NamedDependency[PostService],
     ) -> PostRead:
         """Owner only; rate limited by the caller's tier."""
-        author = await users.get_by_username(username)
-        ensure_owner(author.username, request.user)
+        author = await users.get_for_owner(username, request.user, include_deleted=False)
         return to_struct(await posts.create_for(author, data), PostRead)
 
     @cache(key_prefix=POST_PAGES_KEY, resource_id_name="username", expiration=60, query_defaults=PAGINATION_DEFAULTS)
@@ -75,8 +74,7 @@ class PostController(Controller):
         posts: NamedDependency[PostService],
     ) -> Message:
         """Owner only: the post must be one of `{username}`'s."""
-        author = await users.get_by_username(username)
-        ensure_owner(author.username, request.user)
+        author = await users.get_for_owner(username, request.user, include_deleted=False)
         await posts.update_post(author, await posts.get_of(author, id), data)
         return Message("Post updated")
 
@@ -90,8 +88,7 @@ class PostController(Controller):
         posts: NamedDependency[PostService],
     ) -> Message:
         """Owner only: soft delete; the row stays."""
-        author = await users.get_by_username(username)
-        ensure_owner(author.username, request.user)
+        author = await users.get_for_owner(username, request.user, include_deleted=False)
         await posts.soft_delete(author, await posts.get_of(author, id))
         return Message("Post deleted")
 

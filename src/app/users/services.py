@@ -55,10 +55,10 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
             raise NotFoundException(USER_NOT_FOUND)
         return user
 
-    async def get_for_owner(self, username: str, caller: User) -> User:
-        """Owner routes (SPEC §1.2): 404 when there is no such user (soft-deleted included), then 403 when it
-        is not the caller."""
-        user = await self.get_by_username(username, include_deleted=True)
+    async def get_for_owner(self, username: str, caller: User, *, include_deleted: bool = True) -> User:
+        """Owner routes (SPEC §1.2): 404 when there is no such user (soft-deleted included unless
+        ``include_deleted=False``, as on the post routes), then 403 when it is not the caller."""
+        user = await self.get_by_username(username, include_deleted=include_deleted)
         ensure_owner(user.username, caller)
         return user
 
