@@ -37,7 +37,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.redis_clients import fail_fast_client
+from app.core.redis_clients import bounded, fail_fast_client
 from app.core.settings import Settings
 
 logger = structlog.get_logger("app.cache")
@@ -82,14 +82,16 @@ class FailOpenRedisStore(RedisStore):
 
     async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
         try:
-            return await super().get(key, renew_for)
+            async with bounded():
+                return await super().get(key, renew_for)
         except (RedisError, OSError) as error:
             logger.error("response cache unavailable", operation="get", error=type(error).__name__)
             return None
 
     async def set(self, key: str, value: str | bytes, expires_in: int | timedelta | None = None) -> None:
         try:
-            await super().set(key, value, expires_in)
+            async with bounded():
+                await super().set(key, value, expires_in)
         except (RedisError, OSError) as error:
             logger.error("response cache unavailable", operation="set", error=type(error).__name__)
 
@@ -153,17 +155,17 @@ class ResponseCache:
 
     @staticmethod
     async def _invalidate_redis(client: Redis, invalidation: Invalidation) -> None:
+        """Each round trip bounded on its own: a pattern walks the whole keyspace, SCAN_COUNT keys at a time."""
         if invalidation.keys:
-            await client.delete(*(f"{NAMESPACE}:{key}" for key in invalidation.keys))
+            async with bounded():
+                await client.delete(*(f"{NAMESPACE}:{key}" for key in invalidation.keys))
         for pattern in invalidation.patterns:
-            batch: list[bytes] = []
-            async for key in client.scan_iter(match=f"{NAMESPACE}:{pattern}", count=SCAN_COUNT):
-                batch.append(key)
-                if len(batch) >= SCAN_COUNT:
-                    await client.delete(*batch)
-                    batch.clear()
-            if batch:
-                await client.delete(*batch)
+            cursor: int | None = None
+            while cursor != 0:
+                async with bounded():
+                    cursor, keys = await client.scan(cursor or 0, match=f"{NAMESPACE}:{pattern}", count=SCAN_COUNT)
+                    if keys:
+                        await client.delete(*keys)
 
     @staticmethod
     def _invalidate_memory(store: MemoryStore, invalidation: Invalidation) -> None:

@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 from app.core.errors import RATE_LIMIT_EXCEEDED
 from app.core.logging import USER_ID_STATE_KEY
 from app.core.paths import sanitize_path
-from app.core.redis_clients import fail_fast_client
+from app.core.redis_clients import bounded, fail_fast_client
 from app.core.security import AppToken, TokenCodec, TokenRejected, UserLoader, bearer_token
 from app.core.settings import Settings
 
@@ -178,7 +178,8 @@ class RedisCounter:
         tier = "" if hit.tier_id is None else str(hit.tier_id)
         prefix = f"ratelimit:{hit.subject}:{hit.path}:"
         args: list[str | int] = [prefix, hit.path, hit.template, hit.now, *hit.default, tier, _RULES_PREFIX]
-        reply = await self._hit(keys=[_GENERATION_KEY], args=args)
+        async with bounded():
+            reply = await self._hit(keys=[_GENERATION_KEY], args=args)
         if reply[0] == b"missing":
             return RulesMissing(int(reply[1]))
         _, count, limit, period, reset, matched, tier_name = [*reply, None][:7]
@@ -189,10 +190,12 @@ class RedisCounter:
         self._connected()
         fields = [item for path, (n, w) in rules.limits.items() for item in (f"path:{path}", f"{n}:{w}")]
         args: list[str | int] = [_RULES_PREFIX, generation, tier_id, RULES_TTL, rules.name, *fields]
-        await self._store(keys=[_GENERATION_KEY], args=args)
+        async with bounded():
+            await self._store(keys=[_GENERATION_KEY], args=args)
 
     async def invalidate_rules(self) -> None:
-        await self._connected().incr(_GENERATION_KEY)
+        async with bounded():
+            await self._connected().incr(_GENERATION_KEY)
 
 
 class MemoryCounter:
