@@ -30,7 +30,7 @@ from app.core.settings import Settings
 from app.main import create_app
 from app.models import metadata
 from app.users.models import User
-from tests.helpers import PASSWORD
+from tests.helpers import PASSWORD, bearer
 from tests.servers import LiveServer, live_server
 
 PG_HOST = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")
@@ -227,3 +227,15 @@ def login(client: AsyncTestClient[Litestar]) -> Login:
         return token
 
     return log_in
+
+
+@pytest.fixture
+async def ann(make_user: MakeUser) -> User:
+    """A plain user, ``ann``, for the feature tests (posts, cache) that need one owner."""
+    return await make_user("ann")
+
+
+@pytest.fixture
+async def ann_auth(ann: User, login: Login) -> dict[str, str]:
+    """``ann``'s bearer header, from a real login."""
+    return bearer(await login("ann"))

@@ -44,16 +44,6 @@ def cache_keys(client: redis.Redis) -> set[str]:
 
 
 @pytest.fixture
-async def ann(make_user: MakeUser) -> User:
-    return await make_user("ann")
-
-
-@pytest.fixture
-async def ann_auth(ann: User, login: Login) -> dict[str, str]:
-    return bearer(await login("ann"))
-
-
-@pytest.fixture
 async def ann_post(ann: User, db_session: AsyncSession) -> Post:
     (post_,) = await make_posts(db_session, ann, 1)
     return post_

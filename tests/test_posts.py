@@ -32,16 +32,6 @@ async def make_posts(db_session: AsyncSession, author: User, count: int, *, dele
     return posts
 
 
-@pytest.fixture
-async def ann(make_user: MakeUser) -> User:
-    return await make_user("ann")
-
-
-@pytest.fixture
-async def ann_auth(ann: User, login: Login) -> dict[str, str]:
-    return bearer(await login("ann"))
-
-
 # --- P1 create ------------------------------------------------------------------------------------------------
 
 
