@@ -1,0 +1,99 @@
+"""The production server (``python -m app``, ``task serve``): Granian's graceful stop on SIGTERM (SPEC §12.4).
+
+A container runtime or Kubernetes stops a pod with SIGTERM, then SIGKILL after its grace period. In between, the
+requests already in flight must be answered, the process must exit 0, and no new connection is accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.servers import free_port
+
+# Long enough for the test's slow request, far below Granian's default of 900 s.
+GRACE_SECONDS = 10
+
+
+def start(
+    test_env: dict[str, str], project_root: Path, log: Path, **overrides: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        **test_env,
+        "RUN__HOST": "127.0.0.1",
+        "RUN__PORT": str(port),
+        "GRANIAN__WORKERS": "2",
+        "GRANIAN__TIMEOUT": str(GRACE_SECONDS),
+        "LOG_LEVEL": "INFO",
+        **overrides,
+    }
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app"], cwd=project_root, env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 60
+    answered = 0
+    while answered < 6:  # both workers up: each new connection may land on either
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        try:
+            answered += httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            time.sleep(0.1)
+    return process, port
+
+
+def test_sigterm_lets_an_in_flight_request_finish_then_exits_0(
+    test_env: dict[str, str], project_root: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "serve.log"
+    process, port = start(test_env, project_root, log)
+    try:
+        body = json.dumps(
+            {"name": "Slow Sam", "username": "slowsam", "email": "sam@example.com", "password": "password1"}
+        ).encode()
+        request = (
+            f"POST /api/v1/user HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=GRACE_SECONDS) as slow_client:
+            # A slow client: the headers and half of the body, then the stop signal, then the rest.
+            slow_client.sendall(request + body[: len(body) // 2])
+            time.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            assert process.poll() is None, "the server exited with a request in flight"
+            # Stopping: new connections are no longer served.
+            try:
+                refused = httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).status_code != 200
+            except httpx.TransportError:
+                refused = True
+            assert refused
+            slow_client.sendall(body[len(body) // 2 :])
+            response = _read_all(slow_client)
+        status = process.wait(timeout=GRACE_SECONDS + 5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert response.startswith(b"HTTP/1.1 201"), response
+    assert json.loads(response.split(b"\r\n\r\n", 1)[1])["username"] == "slowsam"
+    assert status == 0, log.read_text()
+    assert "Unexpected exit" not in log.read_text()
+
+
+def _read_all(connection: socket.socket) -> bytes:
+    chunks = []
+    while chunk := connection.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
