@@ -10,10 +10,11 @@ from pathlib import Path
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from litestar.testing import AsyncTestClient, RequestFactory
+from litestar.testing import AsyncTestClient, RequestFactory, TestClient
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core import logging as app_logging
 from app.core.errors import exception_to_response
 from app.core.keys import load_signing_keys
 from app.core.security import TokenCodec
@@ -129,3 +130,29 @@ async def test_the_reason_for_a_401_is_logged_at_info_without_the_token(
     for token in cases.values():
         assert token not in text
         assert token.split(".")[-1][:20] not in text
+
+
+def test_the_log_file_rotates_at_its_size_limit_and_each_record_is_written_once(
+    settings_with: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_file = tmp_path / "app.log"
+    monkeypatch.setattr(app_logging, "LOG_FILE_MAX_BYTES", 2_000)
+    app_logging.configure_logging(settings_with(LOG_FILE_PATH=str(log_file), ENVIRONMENT="production"))
+    for number in range(40):
+        app_logging.access_logger.info("request", number=number)
+    files = sorted(tmp_path.glob("app.log*"))
+    assert [path.name for path in files] == ["app.log", *(f"app.log.{index}" for index in range(1, 6))][: len(files)]
+    assert len(files) > 1
+    assert all(path.stat().st_size < 2_000 for path in files)
+    numbers = [json.loads(line)["number"] for path in files for line in path.read_text().splitlines()]
+    # None written twice (a rotation check that rendered a record twice must not write it twice).
+    assert len(set(numbers)) == len(numbers)
+    assert max(numbers) == 39
+
+
+def test_access_events_cost_nothing_below_their_level(settings_with: Callable[..., Settings], tmp_path: Path) -> None:
+    log_file = tmp_path / "app.log"
+    app = create_app(settings_with(LOG_FILE_PATH=str(log_file), LOG_LEVEL="WARNING"))
+    with TestClient(app) as client:
+        assert client.get("/api/v1/health").status_code == 200
+    assert "app.access" not in log_file.read_text()

@@ -10,6 +10,7 @@ import logging
 import logging.handlers
 import sys
 from collections.abc import MutableMapping
+from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ USER_ID_STATE_KEY = "user_id"
 GRANIAN_LOGGERS = ("_granian", "granian.access")
 
 access_logger = structlog.get_logger("app.access")
+_access = logging.getLogger("app.access")  # its level decides before structlog does any work
 startup_logger = structlog.get_logger("app")
 
 
@@ -73,27 +75,30 @@ def configure_logging(settings: Settings) -> None:
     )
 
     def formatter(renderer: structlog.types.Processor) -> logging.Formatter:
-        return structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
-                renderer,
-            ],
+        return _RenderOnce(
+            structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=shared,
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    renderer,
+                ],
+            )
         )
 
+    json_formatter = formatter(json_renderer)
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(formatter(console_renderer))
+    console.setFormatter(json_formatter if console_renderer is json_renderer else formatter(console_renderer))
     handlers: list[logging.Handler] = [console]
     if settings.log.file_path is not None:
         settings.log.file_path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.handlers.RotatingFileHandler(
+        file_handler = _RotatingFile(
             settings.log.file_path,
             maxBytes=LOG_FILE_MAX_BYTES,
             backupCount=LOG_FILE_BACKUPS,
             encoding="utf-8",
         )
-        file_handler.setFormatter(formatter(json_renderer))
+        file_handler.setFormatter(json_formatter)
         handlers.append(file_handler)
 
     root = logging.getLogger()
@@ -127,6 +132,40 @@ def configure_logging(settings: Settings) -> None:
     )
 
 
+class _RenderOnce(logging.Formatter):
+    """Renders a record once for every handler sharing this formatter: outside ``local`` the console and the file
+    both print JSON, and the rotating file renders each record once more to check its size."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+        self.key = f"_rendered_{id(self)}"
+
+    def format(self, record: logging.LogRecord) -> str:
+        rendered: str | None = record.__dict__.get(self.key)
+        if rendered is None:
+            rendered = self.inner.format(record)
+            record.__dict__[self.key] = rendered
+        return rendered
+
+
+class _RotatingFile(logging.handlers.RotatingFileHandler):
+    """The standard rotating file without its two ``stat`` calls per record: they guard against a log path that
+    is not a regular file (bpo-45401), which is checked once, when the file is opened."""
+
+    def _open(self) -> Any:
+        self._regular = Path(self.baseFilename).is_file() or not Path(self.baseFilename).exists()
+        return super()._open()
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:  # noqa: N802 - the standard library's name
+        if self.stream is None:
+            self.stream = self._open()
+        if not self._regular or self.maxBytes <= 0:
+            return False
+        self.stream.seek(0, 2)  # other worker processes append to the same file
+        return bool(self.stream.tell() + len(self.format(record)) + 1 >= self.maxBytes)
+
+
 class AccessLog:
     """One event per request (SPEC §11); wraps the router so unknown routes (404/405) are logged too."""
 
@@ -150,17 +189,22 @@ class AccessLog:
         try:
             await self.app(scope, receive, capture_status)
         finally:
-            client = scope.get("client")
-            user_id = scope.get("state", {}).get(USER_ID_STATE_KEY)
-            access_logger.info(
-                "request",
-                method=scope.get("method"),
-                path=scope["path"],
-                status_code=status_code,
-                duration_ms=round((perf_counter() - started) * 1000, 2),
-                client=client[0] if client else None,
-                **({"user_id": user_id} if user_id is not None else {}),
-            )
+            if _access.isEnabledFor(logging.INFO):
+                self._log(scope, status_code, started)
+
+    @staticmethod
+    def _log(scope: Scope, status_code: int, started: float) -> None:
+        client = scope.get("client")
+        user_id = scope.get("state", {}).get(USER_ID_STATE_KEY)
+        access_logger.info(
+            "request",
+            method=scope.get("method"),
+            path=scope["path"],
+            status_code=status_code,
+            duration_ms=round((perf_counter() - started) * 1000, 2),
+            client=client[0] if client else None,
+            **({"user_id": user_id} if user_id is not None else {}),
+        )
 
 
 def log_startup(settings: Settings, *, url: str | None = None) -> None:
