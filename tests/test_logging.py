@@ -150,7 +150,9 @@ def test_the_log_file_rotates_at_its_size_limit_and_each_record_is_written_once(
     assert max(numbers) == 39
 
 
-def test_access_events_cost_nothing_below_their_level(settings_with: Callable[..., Settings], tmp_path: Path) -> None:
+def test_access_events_are_not_written_below_their_level(
+    settings_with: Callable[..., Settings], tmp_path: Path
+) -> None:
     log_file = tmp_path / "app.log"
     app = create_app(settings_with(LOG_FILE_PATH=str(log_file), LOG_LEVEL="WARNING"))
     with TestClient(app) as client:
