@@ -2,13 +2,20 @@
 
 ``python -m app --reload`` is the development server used by ``task dev``; it binds 127.0.0.1 unless RUN__HOST
 says otherwise. This process only supervises: it imports the settings, not the application, so it stays small;
-each worker builds the app itself. It logs the startup line once, for all its workers.
+each worker builds the app itself. It logs the startup line once, for all its workers, and gives them the directory
+where they share their Prometheus metrics (``metrics_directory``).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from granian import Granian
@@ -16,10 +23,13 @@ from granian.constants import Interfaces
 
 from app.core.keys import load_signing_keys
 from app.core.logging import configure_logging, log_startup
-from app.core.settings import PROJECT_ROOT, SettingsError, exit_with, load_settings
+from app.core.settings import PROJECT_ROOT, Settings, SettingsError, exit_with, load_settings
 
 APP_FACTORY = "app.main:create_app"
 _ALL_INTERFACES = {"0.0.0.0", "::", ""}  # noqa: S104 - only compared with, to show a URL one can open
+# prometheus_client's own variable (app.core.metrics); spelled here because importing prometheus_client in this
+# process before the variable is set would leave forked workers in single-process mode.
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def main() -> None:
@@ -29,6 +39,11 @@ def main() -> None:
     except SettingsError as exc:
         exit_with(exc)
     reload = "--reload" in sys.argv[1:]
+    with metrics_directory():
+        serve(settings, reload=reload)
+
+
+def serve(settings: Settings, *, reload: bool) -> None:
     host = settings.server.bind_host(development=reload)
     server = Granian(
         APP_FACTORY,
@@ -47,6 +62,31 @@ def main() -> None:
     # Granian calls this once the socket is bound, before it spawns the workers.
     server.on_startup(lambda: log_startup(settings, url=_url(host, settings.server.port)))
     server.serve(target_loader=build_worker_app)
+
+
+@contextmanager
+def metrics_directory() -> Iterator[Path]:
+    """The directory of prometheus_client's multiprocess mode, set in the environment the workers inherit: each
+    worker writes its metrics there and a scrape adds up all files, whichever worker answers it.
+
+    An operator's ``PROMETHEUS_MULTIPROC_DIR`` is used (created if missing) and emptied of an earlier run's files,
+    which would otherwise count again; without one, a private directory lives exactly as long as this server.
+    """
+    given = os.environ.get(MULTIPROC_DIR)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        yield directory
+        return
+    directory = Path(tempfile.mkdtemp(prefix="app-metrics-"))
+    os.environ[MULTIPROC_DIR] = str(directory)
+    try:
+        yield directory
+    finally:
+        os.environ.pop(MULTIPROC_DIR, None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def build_worker_app(_target: str) -> Any:

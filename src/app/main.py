@@ -30,6 +30,7 @@ from app.core.embedded import embedded_lifespan
 from app.core.errors import AppRequest, exception_to_response
 from app.core.keys import load_signing_keys
 from app.core.logging import AccessLog, configure_logging, log_startup
+from app.core.metrics import build_metrics
 from app.core.openapi import docs_gate, openapi_config
 from app.core.queue import HOURLY, add_queue_dashboard, build_queue_plugin, cron_job, queue_lifespan
 from app.core.rate_limit import RATE_LIMITER, RateLimiter, build_rate_limiter, rate_limit_headers
@@ -72,10 +73,11 @@ def _build(settings: Settings, *, announce: bool) -> Litestar:
     auth = build_auth(codec, database)
     limiter = build_limiter(settings, codec, database)
     queue = build_queue(settings)
+    metrics = build_metrics(settings)  # GET /metrics and the request metrics (outermost middleware)
 
     app = Litestar(
         route_handlers=build_routes(settings),
-        plugins=[SQLAlchemyPlugin(config=database), GranianPlugin(), FirstRunCLIPlugin(), queue],
+        plugins=[SQLAlchemyPlugin(config=database), GranianPlugin(), FirstRunCLIPlugin(), queue, metrics],
         middleware=[auth.middleware],
         state=State({"settings": settings, "alchemy": database, RATE_LIMITER: limiter}),
         dependencies={

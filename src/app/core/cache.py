@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.metrics import record_cache_lookup
 from app.core.redis_clients import bounded, fail_fast_client
 from app.core.settings import Settings
 
@@ -83,10 +84,12 @@ class FailOpenRedisStore(RedisStore):
     async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
         try:
             async with bounded():
-                return await super().get(key, renew_for)
+                found = await super().get(key, renew_for)
         except (RedisError, OSError) as error:
             logger.error("response cache unavailable", operation="get", error=type(error).__name__)
-            return None
+            found = None
+        record_cache_lookup(hit=found is not None)
+        return found
 
     async def set(self, key: str, value: str | bytes, expires_in: int | timedelta | None = None) -> None:
         try:
@@ -96,13 +99,22 @@ class FailOpenRedisStore(RedisStore):
             logger.error("response cache unavailable", operation="set", error=type(error).__name__)
 
 
+class MeteredMemoryStore(MemoryStore):
+    """Embedded mode's store, counting hits and misses like the Redis one."""
+
+    async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
+        found = await super().get(key, renew_for)
+        record_cache_lookup(hit=found is not None)
+        return found
+
+
 class ResponseCache:
     """The app's response-cache store (Redis of ``REDIS_CACHE_*``, or a ``MemoryStore`` in embedded mode) and its
     invalidation. ``lifespan`` connects and closes the Redis client; ``config`` goes to ``Litestar(...)``."""
 
     def __init__(self, settings: Settings) -> None:
         self.url = None if settings.embedded else settings.redis_cache.url
-        self.memory = MemoryStore() if self.url is None else None
+        self.memory = MeteredMemoryStore() if self.url is None else None
         self.client: Redis | None = None
 
     @property

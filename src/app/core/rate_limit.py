@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from app.core.errors import RATE_LIMIT_EXCEEDED
 from app.core.logging import USER_ID_STATE_KEY
+from app.core.metrics import record_rate_limited
 from app.core.paths import sanitize_path
 from app.core.redis_clients import bounded, fail_fast_client
 from app.core.security import AppToken, TokenCodec, TokenRejected, UserLoader, bearer_token
@@ -280,6 +281,8 @@ class RateLimiter:
             )
             return None
         self._log_fallback(user_id, tier_id, counted, hit.path)
+        if counted.decision.exceeded:
+            record_rate_limited(connection.scope.get("path_template") or hit.template, counted.tier_name)
         return counted.decision
 
     async def _reload_and_hit(
