@@ -3,6 +3,7 @@ trigger of §6.4 (also across server processes), and a cache Redis that is down 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,8 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.cache import NAMESPACE, cache
+from app.core.cache import NAMESPACE, FailOpenRedisStore, cache
+from app.core.redis_clients import fail_fast_client
 from app.main import create_app
 from app.posts.models import Post
 from app.users.models import User
@@ -277,6 +279,55 @@ async def test_a_write_route_deletes_its_key_extras_and_patterns(settings: Any, 
     async with AsyncTestClient(app) as client:
         assert (await client.post("/things/x")).status_code == 201
     assert cache_keys(cache_redis) == {f"{NAMESPACE}:y_list:1", f"{NAMESPACE}:x*_list:1"}
+
+
+# --- the store: reads of one loop turn share one MGET ----------------------------------------------------------
+
+
+class CountingRedis(redis.asyncio.Redis):
+    """The real client, counting the commands it sends."""
+
+    sent: list[str]
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.sent.append(str(args[0]))
+        return await super().execute_command(*args, **options)
+
+
+@pytest.fixture
+async def store(settings: Any) -> Any:
+    client = fail_fast_client(settings.redis_cache.url)
+    counting = CountingRedis(connection_pool=client.connection_pool)
+    counting.sent = []
+    yield FailOpenRedisStore(counting, namespace=NAMESPACE), counting.sent
+    await client.aclose()
+
+
+async def test_concurrent_reads_share_one_mget_and_each_gets_its_value(store: Any) -> None:
+    cache_store, sent = store
+    await cache_store.set("a", b"1")
+    await cache_store.set("b", b"2")
+    sent.clear()
+    assert await asyncio.gather(cache_store.get("a"), cache_store.get("b"), cache_store.get("none")) == [
+        b"1",
+        b"2",
+        None,
+    ]
+    assert sent == ["MGET"]
+    assert await cache_store.get("b") == b"2"  # a later read is a batch of its own
+    assert sent == ["MGET", "MGET"]
+
+
+async def test_a_cancelled_read_leaves_the_others_of_its_batch_answered(store: Any) -> None:
+    cache_store, _ = store
+    await cache_store.set("a", b"1")
+    cancelled = asyncio.ensure_future(cache_store.get("a"))
+    kept = asyncio.ensure_future(cache_store.get("a"))
+    await asyncio.sleep(0)  # both joined the batch
+    cancelled.cancel()
+    async with asyncio.timeout(2):
+        assert await kept == b"1"
+    assert cancelled.cancelled()
 
 
 # --- cache Redis down (SPEC §6.5) -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ invalidation path that runs after the request's transaction committed.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -79,17 +80,50 @@ def glob_escape(value: str) -> str:
 
 
 class FailOpenRedisStore(RedisStore):
-    """A ``RedisStore`` whose outages are misses (SPEC §6.5): Litestar's cache calls the store without a guard."""
+    """A ``RedisStore`` whose outages are misses (SPEC §6.5): Litestar's cache calls the store without a guard.
+
+    Reads that arrive in the same turn of the event loop share one ``MGET``: under load a worker serves many cached
+    reads at once, and each one's own round trip (a connection from the pool, a socket write and read, redis-py's
+    command path) was a third of a hit's CPU. A lone read waits one loop turn longer than a plain ``GET``.
+    """
+
+    def __init__(self, redis: Redis, namespace: str) -> None:
+        super().__init__(redis, namespace=namespace)
+        self._batch: list[tuple[str, asyncio.Future[bytes | None]]] | None = None
 
     async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
+        if renew_for:  # not used by the response cache: Litestar's own atomic get-and-renew
+            return await super().get(key, renew_for)
+        loop = asyncio.get_running_loop()
+        if self._batch is None:
+            self._batch = []
+            loop.call_soon(self._send_batch, loop)
+        value: asyncio.Future[bytes | None] = loop.create_future()
+        self._batch.append((self._make_key(key), value))
         try:
-            async with bounded():
-                found = await super().get(key, renew_for)
+            found = await value
         except (RedisError, OSError) as error:
             logger.error("response cache unavailable", operation="get", error=type(error).__name__)
             found = None
         record_cache_lookup(hit=found is not None)
         return found
+
+    def _send_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._batch = self._batch or [], None
+        loop.create_task(self._fetch(batch))
+
+    async def _fetch(self, batch: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
+        try:
+            async with bounded():
+                values = await self._redis.mget([key for key, _ in batch])
+        except (RedisError, OSError) as error:
+            for _, waiter in batch:
+                if not waiter.done():  # a request cancelled meanwhile no longer waits
+                    waiter.set_exception(error)
+            return
+        for (_, waiter), value in zip(batch, values, strict=True):
+            if not waiter.done():
+                waiter.set_result(value)
 
     async def set(self, key: str, value: str | bytes, expires_in: int | timedelta | None = None) -> None:
         try:
