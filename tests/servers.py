@@ -34,6 +34,8 @@ def free_port() -> int:
 class LiveServer:
     base_url: str
     log_file: Path
+    pid: int
+    """The supervisor's; it leads a process group of its own with its workers (``os.killpg(pid, SIGKILL)``)."""
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")
@@ -66,8 +68,9 @@ def live_server(
             env=server_env if factory is None else {**server_env, "PYTHONPATH": str(PROJECT_ROOT)},
             stdout=output,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-    server = LiveServer(base_url=f"http://127.0.0.1:{port}", log_file=log_file)
+    server = LiveServer(base_url=f"http://127.0.0.1:{port}", log_file=log_file, pid=process.pid)
     try:
         _wait_until_serving(server, process, workers)
         yield server
