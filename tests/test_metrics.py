@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -216,6 +217,23 @@ def test_the_launcher_gives_workers_a_private_directory_and_removes_it(monkeypat
         (directory / "counter_1.db").write_bytes(b"")
     assert not directory.exists()
     assert MULTIPROC_DIR not in os.environ
+
+
+def test_directories_of_killed_servers_are_removed_at_the_next_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(MULTIPROC_DIR, raising=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    orphan = tmp_path / f"app-metrics-{int(gone.stdout)}-abc"
+    alive = tmp_path / f"app-metrics-{os.getpid()}-def"  # a server still running (this process)
+    for directory in (orphan, alive):
+        directory.mkdir()
+    with metrics_directory() as directory:
+        assert directory.parent == tmp_path
+    assert not orphan.exists()
+    assert alive.exists()
 
 
 def test_an_operators_directory_is_kept_but_emptied_of_stale_files(

@@ -30,6 +30,7 @@ _ALL_INTERFACES = {"0.0.0.0", "::", ""}  # noqa: S104 - only compared with, to s
 # prometheus_client's own variable (app.core.metrics); spelled here because importing prometheus_client in this
 # process before the variable is set would leave forked workers in single-process mode.
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+_PRIVATE_PREFIX = "app-metrics-"  # + the supervisor's pid: a directory whose server is gone can be removed
 
 
 def main() -> None:
@@ -80,13 +81,32 @@ def metrics_directory() -> Iterator[Path]:
             stale.unlink(missing_ok=True)
         yield directory
         return
-    directory = Path(tempfile.mkdtemp(prefix="app-metrics-"))
+    _remove_orphaned_directories()
+    directory = Path(tempfile.mkdtemp(prefix=f"{_PRIVATE_PREFIX}{os.getpid()}-"))
     os.environ[MULTIPROC_DIR] = str(directory)
     try:
         yield directory
     finally:
         os.environ.pop(MULTIPROC_DIR, None)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _remove_orphaned_directories() -> None:
+    """Private directories of servers that were killed (SIGKILL, a crash) and so could not remove their own."""
+    for orphan in Path(tempfile.gettempdir()).glob(f"{_PRIVATE_PREFIX}*-*"):
+        pid = orphan.name.removeprefix(_PRIVATE_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(orphan, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def build_worker_app(_target: str) -> Any:
