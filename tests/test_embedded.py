@@ -66,6 +66,11 @@ def test_embedded_mode_serves_api_docs_and_jobs(test_env: dict[str, str], projec
             while (body := httpx.get(task, timeout=10).json())["status"] != "complete" and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert (body["status"], body["result"]) == ("complete", "Task embedded is complete!")
+            # Idle, the in-process worker waits without spinning: it once burnt two thirds of a core, and requests
+            # waited up to half a second for the event loop (the bound is generous: idle is about 0).
+            busy_before = _cpu_seconds(server.pid)
+            time.sleep(2)
+            assert _cpu_seconds(server.pid) - busy_before < 0.5
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -76,3 +81,12 @@ def test_embedded_mode_serves_api_docs_and_jobs(test_env: dict[str, str], projec
     assert "Worker end" in output_text
     assert "src/.env.example" in embedded_lines[0]
     assert (tmp_path / "embedded.sqlite3").is_file()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (the Granian worker), from /proc."""
+    ticks = 0
+    for child in [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]:
+        fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
