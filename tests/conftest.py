@@ -20,12 +20,14 @@ from alembic import command
 from alembic.config import Config
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from app.core.db import ALEMBIC_INI, MIGRATIONS_DIR
 from app.core.keys import write_key_pair
 from app.core.passwords import hash_password
+from app.core.queue import QUEUE_NAME
 from app.core.settings import Settings
 from app.main import create_app
 from app.models import metadata
@@ -163,6 +165,16 @@ def start_server(test_env: dict[str, str], tmp_path: Path) -> Iterator[StartServ
             return servers.enter_context(live_server({**test_env, **overrides}, tmp_path, workers=workers))
 
         yield start
+
+
+@pytest.fixture
+async def queue(settings: Settings) -> AsyncIterator[RedisQueue]:
+    """The app's job queue in the test's own event loop, to put jobs on it or read it directly."""
+    redis_queue = RedisQueue.from_url(settings.redis_queue.url, name=QUEUE_NAME)
+    try:
+        yield redis_queue
+    finally:
+        await redis_queue.redis.aclose()
 
 
 @pytest.fixture

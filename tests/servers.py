@@ -11,16 +11,21 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio.to_thread
 import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 60.0
+REQUEST_TIMEOUT = 20.0
+Send = Callable[[httpx.Client], httpx.Response]
 
 
 def free_port() -> int:
@@ -109,3 +114,24 @@ def _wait_until_serving(server: LiveServer, process: subprocess.Popen[bytes], wo
             pass
         time.sleep(0.1)
     raise RuntimeError(f"server did not answer within {STARTUP_TIMEOUT} s:\n{server.log()}")
+
+
+async def simultaneously(base_url: str, sends: list[Send]) -> list[httpx.Response]:
+    """All requests at the same moment, each on its own connection (threads released by a barrier); the responses
+    in order. What Litestar's one-request-at-a-time test client can never do."""
+    return await anyio.to_thread.run_sync(_simultaneously, base_url, sends)
+
+
+def _simultaneously(base_url: str, sends: list[Send]) -> list[httpx.Response]:
+    barrier = threading.Barrier(len(sends), timeout=REQUEST_TIMEOUT)
+
+    def run(send: Send) -> httpx.Response:
+        with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT) as http:
+            # Open the keep-alive connection first, so the barrier releases only the requests that race.
+            assert http.get("/api/v1/health").status_code == 200
+            barrier.wait()
+            return send(http)
+
+    with ThreadPoolExecutor(max_workers=len(sends)) as pool:
+        futures = [pool.submit(run, send) for send in sends]
+        return [future.result(timeout=3 * REQUEST_TIMEOUT) for future in futures]

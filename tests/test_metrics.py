@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -69,16 +69,6 @@ async def write_worker_stats(queue: RedisQueue, worker_id: str, **outcomes: int)
     for outcome, count in outcomes.items():
         setattr(queue, outcome, count)
     await queue.worker_info(worker_id, queue_key=queue.name, ttl=60)
-
-
-@pytest.fixture
-async def queue(settings: Settings) -> AsyncIterator[RedisQueue]:
-    """The app's queue in the test's own event loop."""
-    redis_queue = RedisQueue.from_url(settings.redis_queue.url, name=QUEUE_NAME)
-    try:
-        yield redis_queue
-    finally:
-        await redis_queue.redis.aclose()
 
 
 # --- in-process: one worker, the normal registry -------------------------------------------------------------

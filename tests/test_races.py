@@ -7,12 +7,8 @@ server with two worker processes.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from http.cookies import SimpleCookie
 
-import anyio.to_thread
 import httpx
 import pytest
 from sqlalchemy import func, select
@@ -21,34 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.users.models import User
 from tests.conftest import MakeUser, StartServer
 from tests.helpers import PASSWORD, bearer
-from tests.servers import LiveServer
+from tests.servers import REQUEST_TIMEOUT, LiveServer, Send, simultaneously
 
 pytestmark = pytest.mark.anyio
 
 PARALLEL = 10
 # Every wait is bounded: a request, the barrier, the whole batch.
-REQUEST_TIMEOUT = 20.0
-Send = Callable[[httpx.Client], httpx.Response]
-
-
-def _simultaneously(server: LiveServer, sends: list[Send]) -> list[httpx.Response]:
-    barrier = threading.Barrier(len(sends), timeout=REQUEST_TIMEOUT)
-
-    def run(send: Send) -> httpx.Response:
-        with httpx.Client(base_url=server.base_url, timeout=REQUEST_TIMEOUT) as client:
-            # Open the keep-alive connection first, so the barrier releases only the racing requests.
-            assert client.get("/api/v1/health").status_code == 200
-            barrier.wait()
-            return send(client)
-
-    with ThreadPoolExecutor(max_workers=len(sends)) as pool:
-        futures = [pool.submit(run, send) for send in sends]
-        return [future.result(timeout=3 * REQUEST_TIMEOUT) for future in futures]
-
-
-async def simultaneously(server: LiveServer, sends: list[Send]) -> list[httpx.Response]:
-    """Send all requests at the same moment, each on its own connection; the responses in order."""
-    return await anyio.to_thread.run_sync(_simultaneously, server, sends)
 
 
 def log_in(server: LiveServer, username: str) -> tuple[str, str]:
@@ -91,7 +65,9 @@ async def test_parallel_registrations_with_one_email_give_one_201_and_the_pre_ch
 ) -> None:
     server = start_server(workers=2)
     # Password hashing runs between the uniqueness pre-check and the insert, so the requests overlap there.
-    responses = await simultaneously(server, [register(f"racer{n}", "same@example.com") for n in range(PARALLEL)])
+    responses = await simultaneously(
+        server.base_url, [register(f"racer{n}", "same@example.com") for n in range(PARALLEL)]
+    )
 
     assert statuses(responses) == [201] + [422] * (PARALLEL - 1), [r.text for r in responses]
     rejected = [response.json() for response in responses if response.status_code == 422]
@@ -104,7 +80,9 @@ async def test_parallel_registrations_with_one_username_give_one_201_and_the_pre
     start_server: StartServer, db_session: AsyncSession
 ) -> None:
     server = start_server(workers=2)
-    responses = await simultaneously(server, [register("same", f"racer{n}@example.com") for n in range(PARALLEL)])
+    responses = await simultaneously(
+        server.base_url, [register("same", f"racer{n}@example.com") for n in range(PARALLEL)]
+    )
 
     assert statuses(responses) == [201] + [422] * (PARALLEL - 1), [r.text for r in responses]
     rejected = [response.json() for response in responses if response.status_code == 422]
@@ -126,7 +104,7 @@ async def test_one_refresh_token_presented_in_parallel_is_rotated_exactly_once(
     # The cookie is Secure, so over plain HTTP it is sent as a header.
     cookie = {"Cookie": f"refresh_token={refresh}"}
     responses = await simultaneously(
-        server, [lambda client: client.post("/api/v1/refresh", headers=cookie) for _ in range(PARALLEL)]
+        server.base_url, [lambda client: client.post("/api/v1/refresh", headers=cookie) for _ in range(PARALLEL)]
     )
 
     assert statuses(responses) == [200] + [401] * (PARALLEL - 1), [r.text for r in responses]
@@ -144,7 +122,7 @@ async def test_a_double_logout_in_parallel_succeeds_once_and_rejects_the_other(
 
     headers = bearer(access) | {"Cookie": f"refresh_token={refresh}"}
     responses = await simultaneously(
-        server, [lambda client: client.post("/api/v1/logout", headers=headers) for _ in range(2)]
+        server.base_url, [lambda client: client.post("/api/v1/logout", headers=headers) for _ in range(2)]
     )
 
     assert statuses(responses) == [200, 401], [r.text for r in responses]

@@ -39,13 +39,12 @@ from app.users.models import User
 from tests.conftest import REDIS_DB, REDIS_HOST, REDIS_PORT, MakeUser
 from tests.helpers import PASSWORD, bearer
 from tests.nginx import Nginx, require_nginx, running_nginx
-from tests.servers import PROJECT_ROOT, LiveServer, live_server
+from tests.servers import PROJECT_ROOT, REQUEST_TIMEOUT, LiveServer, Send, live_server, simultaneously
 from tests.test_rate_limit import make_tier, wait_for_fresh_window
 from tests.test_tasks import WORKER_STARTUP_TIMEOUT, WorkerProcess
 
 pytestmark = pytest.mark.anyio
 
-REQUEST_TIMEOUT = 20.0
 STACK_ENV = {
     # Also the default: nginx reaches the instances from 127.0.0.1, so they trust its X-Forwarded-For (SPEC §5.3).
     "FORWARDED_ALLOW_IPS": "127.0.0.1",
@@ -57,7 +56,6 @@ STACK_ENV = {
     "LOG_LEVEL": "WARNING",
 }
 POST_PATH = "api_v1_{username}_post"  # the route template of P1, so one rule covers every user
-Send = Callable[[httpx.Client], httpx.Response]
 
 
 # --- the stack ------------------------------------------------------------------------------------------------
@@ -175,26 +173,6 @@ def answered_by(served: list[tuple[str, str]]) -> list[tuple[int, int]]:
 
 
 # --- clients --------------------------------------------------------------------------------------------------
-
-
-def _simultaneously(base_url: str, sends: list[Send]) -> list[httpx.Response]:
-    barrier = threading.Barrier(len(sends), timeout=REQUEST_TIMEOUT)
-
-    def run(send: Send) -> httpx.Response:
-        with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT) as http:
-            # Open the keep-alive connection first, so the barrier releases only the requests that race.
-            assert http.get("/api/v1/health").status_code == 200
-            barrier.wait()
-            return send(http)
-
-    with ThreadPoolExecutor(max_workers=len(sends)) as pool:
-        futures = [pool.submit(run, send) for send in sends]
-        return [future.result(timeout=3 * REQUEST_TIMEOUT) for future in futures]
-
-
-async def simultaneously(base_url: str, sends: list[Send]) -> list[httpx.Response]:
-    """All requests at the same moment, each on its own connection; the responses in order."""
-    return await anyio.to_thread.run_sync(_simultaneously, base_url, sends)
 
 
 def client(base_url: str, *, source: str | None = None) -> httpx.AsyncClient:

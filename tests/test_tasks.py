@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import TokenBlacklist
-from app.core.queue import JOB_OPTIONS, JOB_TTL, QUEUE_NAME, SHUTDOWN_GRACE
+from app.core.queue import JOB_OPTIONS, JOB_TTL, SHUTDOWN_GRACE
 from app.core.settings import Settings
 from app.main import build_queue, create_app
 from app.tasks.jobs import SAMPLE_TASK_SECONDS
@@ -123,16 +123,6 @@ def workers(test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture
 def worker(workers: Workers) -> WorkerProcess:
     return workers.running()
-
-
-@pytest.fixture
-async def queue(settings: Settings) -> AsyncIterator[RedisQueue]:
-    """The queue in the test's own event loop, to put test jobs on it directly."""
-    redis_queue = RedisQueue.from_url(settings.redis_queue.url, name=QUEUE_NAME)
-    try:
-        yield redis_queue
-    finally:
-        await redis_queue.redis.aclose()
 
 
 async def poll_task(
