@@ -97,3 +97,31 @@ def _read_all(connection: socket.socket) -> bytes:
     while chunk := connection.recv(65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def test_sigterm_while_the_workers_boot_stops_at_once(
+    test_env: dict[str, str], project_root: Path, tmp_path: Path
+) -> None:
+    """Not after GRANIAN__TIMEOUT: a booting worker used to swallow the signal until the supervisor killed it."""
+    log = tmp_path / "boot.log"
+    env = {**os.environ, **test_env, "RUN__HOST": "127.0.0.1", "RUN__PORT": str(free_port())}
+    env |= {"GRANIAN__WORKERS": "2", "GRANIAN__TIMEOUT": "60", "LOG_LEVEL": "INFO"}
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app"], cwd=project_root, env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "Spawning worker-2" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.01)
+        assert "Started worker" not in log.read_text()  # still booting: importing and building the app
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert status == 0, log.read_text()
+    assert "refused to gracefully stop" not in log.read_text()

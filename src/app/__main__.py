@@ -112,6 +112,11 @@ def _running(pid: int) -> bool:
 
 def build_worker_app(_target: str) -> Any:
     """Runs in every Granian worker: the app, without a startup line of its own (the supervisor logged it)."""
+    # A worker starts with the supervisor's signal handlers, which only set a flag in the supervisor: a SIGTERM sent
+    # while this worker boots was swallowed, and the supervisor waited the whole GRANIAN__TIMEOUT (900 s by default)
+    # before killing it. Until Granian installs the worker's own handlers after this loader, SIGTERM ends it at once:
+    # it serves nothing yet.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform != "win32":
         # Ctrl+C in a terminal sends SIGINT to the whole process group. A worker that stops on it by itself can
         # exit before the supervisor has marked it as being stopped: Granian then logs "Unexpected exit from
