@@ -1,0 +1,172 @@
+"""``task bench``: W0–W8 against ``python -m app`` (2 Granian workers, ENVIRONMENT=production, default LOG_LEVEL) on
+this machine's PostgreSQL and Redis, then the bare-Litestar ceiling, then the ratios and a chart.
+
+    task bench                                     # issue 12's run: 15 s per workload, 3 s warm-up
+    DURATION=3 WORKLOADS="W0 W3" task bench        # a quick look
+    task bench -- --out-dir /tmp/b --chart /tmp/b/bench.svg
+
+Environment: ``BENCH_DIR`` (the shared harness, default ``../shared/bench``), ``DURATION``, ``WARMUP``,
+``WORKLOADS``, ``REPEAT``, ``THREADS``, ``CONNECTIONS`` (as ``run_workload.sh`` reads them), ``BENCH_DATABASE``
+(default ``bench_suite``, dropped and recreated) and ``BENCH_REDIS_DB`` (default 7, flushed). PostgreSQL and Redis
+are found as the API finds them (``POSTGRES_SERVER``, ``REDIS_CLIENT_HOST``, …, or ``src/.env``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from tests.bench import harness
+from tests.bench.chart import render_svg
+from tests.bench.results import CEILING, Result, ceiling_line, medians, parse_line, ratios
+from tests.bench.stack import PROJECT_ROOT, BenchError, Target, free_port, served
+
+HEALTH = "/api/v1/health"
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # A `kill` of the bench stops what it started, like Ctrl+C does (also when started in the background, where
+    # the shell would have it ignore SIGINT).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+    try:
+        if args.from_results:
+            return redraw(args.from_results, args.chart, workers=args.workers)
+        return bench(args.out_dir, args.chart, workers=args.workers)
+    except BenchError as exc:
+        sys.stderr.write(f"task bench: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("task bench: interrupted, servers stopped\n")
+        return 130
+
+
+def bench(out_dir: Path | None, chart: Path | None, *, workers: int) -> int:
+    shared = harness.bench_dir()
+    harness.ensure_wrk(say)
+    knobs = harness.Knobs.from_env()
+    out_dir = out_dir or Path(tempfile.gettempdir()) / "litestar-bench" / time.strftime("%Y%m%dT%H%M%S")
+    raw_dir = out_dir / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    chart = chart or out_dir / "bench.svg"
+    try:
+        target = Target.from_env()
+    except ValueError as exc:  # SettingsError: an invalid variable, named in the message
+        raise BenchError(str(exc)) from None
+    say(
+        f"# task bench: {knobs.workloads}, {knobs.duration} s each (+{knobs.warmup} s warm-up), repeat {knobs.repeat}, "
+        f"{knobs.threads} threads, {knobs.connections} connections, {workers} workers; output in {out_dir}"
+    )
+    say(f"# load average at start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+
+    runs = measure_api(shared, knobs, target, out_dir, workers)
+    ceiling_runs = measure_ceiling(shared, knobs, out_dir, workers)
+    return report(runs, ceiling_runs, chart, expected=len(knobs.workloads.split()) * knobs.repeat, workers=workers)
+
+
+def measure_api(shared: Path, knobs: harness.Knobs, target: Target, out_dir: Path, workers: int) -> list[Result]:
+    """``python -m app`` as ``task serve`` starts it, on a fresh database, seeded through its API, under W0-W8."""
+    target.reset(out_dir, workers)
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}"
+    env = target.api_env(port, workers, out_dir / "app.log", environment="production")
+    env.pop("LOG_LEVEL", None)  # the default level (INFO), as `task serve` runs it
+    command = [sys.executable, "-m", "app"]
+    with served(
+        command, cwd=PROJECT_ROOT / "src", env=env, log_file=out_dir / "server.log", url=api_url + HEALTH
+    ) as pid:
+        harness.seed(shared, api_url, out_dir / "data.tsv", out_dir / "seed.log")
+        return harness.run_workloads(shared, knobs, api_url, out_dir / "data.tsv", pid, out_dir / "raw", say)
+
+
+def measure_ceiling(shared: Path, knobs: harness.Knobs, out_dir: Path, workers: int) -> list[Result]:
+    """The bare-Litestar app on the same Granian settings, once the API is stopped; its ``CEILING`` lines."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "GRANIAN__WORKERS": str(workers)}
+    command = [sys.executable, "-m", "tests.bench.ceiling_app", "--port", str(port)]
+    with served(command, cwd=PROJECT_ROOT, env=env, log_file=out_dir / "ceiling.log", url=url + HEALTH):
+        results = harness.measure_ceiling(shared, knobs, url, out_dir / "raw")
+    for result in results:
+        say(result.line)
+    return results
+
+
+def redraw(results_file: Path, chart: Path | None, *, workers: int) -> int:
+    """Ratios and chart again from a saved results file (``bench.txt``), without measuring anything."""
+    if not results_file.is_file():
+        raise BenchError(f"no results file {results_file}")
+    parsed = [r for r in map(parse_line, results_file.read_text().splitlines()) if r is not None]
+    runs = [r for r in parsed if r.name != CEILING]
+    ceiling_runs = [r for r in parsed if r.name == CEILING]
+    return report(runs, ceiling_runs, chart or results_file.with_suffix(".svg"), expected=len(runs), workers=workers)
+
+
+def report(runs: list[Result], ceiling_runs: list[Result], chart: Path, *, expected: int, workers: int = 2) -> int:
+    """Ratios, the chart and the result lines next to it; 1 when a workload failed or had errors."""
+    workloads = medians(runs)
+    ceiling = medians(ceiling_runs).get(CEILING)
+    found = ratios(workloads, ceiling)
+    if len(runs) + len(ceiling_runs) > len(workloads) + 1:
+        say("# medians over the repeats:")
+        say("\n".join([*(r.line for r in workloads.values()), *([ceiling_line(ceiling)] if ceiling else [])]))
+    say("\n".join(ratio.line() for ratio in found))
+    chart.parent.mkdir(parents=True, exist_ok=True)
+    chart.write_text(render_svg(workloads, ceiling, subtitle=_subtitle(runs, workers)))
+    lines = [r.line for r in runs] + [r.line for r in ceiling_runs] + [ratio.line() for ratio in found]
+    results_file = chart.with_suffix(".txt")
+    results_file.write_text("\n".join(lines) + "\n")
+    say(f"# chart: {chart}  result lines: {results_file}")
+    failed = [r.name for r in runs if r.failures] + ([] if len(runs) == expected else ["a FAILED workload"])
+    if failed:
+        say(f"# errors or unexpected statuses in: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+def _subtitle(runs: list[Result], workers: int) -> str:
+    loads = [float(r.fields["load1"].split("->")[0]) for r in runs if r.fields.get("load1", "").count("->") == 1]
+    load = f", load1 {min(loads):.2f}-{max(loads):.2f}" if loads else ""
+    return f"python -m app, {workers} Granian workers, ENVIRONMENT=production, {time.strftime('%Y-%m-%d')}{load}"
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="task bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        help="where logs, data and raw wrk output go (default: a new directory under $TMPDIR/litestar-bench/)",
+    )
+    parser.add_argument(
+        "--chart",
+        type=Path,
+        help="SVG to write (default OUT_DIR/bench.svg); the result lines go next to it, same name with .txt",
+    )
+    parser.add_argument(
+        "--from-results", type=Path, metavar="FILE", help="only redraw the chart and ratios from a saved bench.txt"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="Granian workers of both servers (default 2)")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
