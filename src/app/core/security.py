@@ -3,8 +3,8 @@
 A token is accepted as type *T* when (§3.5) its signature verifies under the one configured algorithm,
 ``exp`` is in the future, ``sub``, ``uid`` and ``jti`` are present, its type claim equals *T*, neither its
 ``jti`` nor its refresh family (``fid``) is blacklisted, and its user exists, is not soft-deleted and has
-the id ``uid``. The signature and claim checks live here; the blacklist and user checks are one query
-supplied by the auth feature (``load_user``).
+the id ``uid``. The signature and claim checks live here, done once per token string (``token_cache``); the
+blacklist and user checks are one query supplied by the auth feature (``load_user``), run on every request.
 
 Every rejection is logged at INFO on ``app.auth`` as ``token rejected`` with a ``reason`` (``missing``, ``expired``,
 ``bad signature``, ``not yet valid``, ``malformed``, ``wrong type``, ``revoked``, ``unknown user``), never the token.
@@ -13,7 +13,7 @@ Every rejection is logged at INFO on ``app.auth`` as ``token rejected`` with a `
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Self
 from uuid import uuid4
@@ -22,6 +22,7 @@ import jwt
 import structlog
 from litestar.connection import ASGIConnection
 from litestar.exceptions import ImproperlyConfiguredException, NotAuthorizedException
+from litestar.middleware import DefineMiddleware
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityRequirement, SecurityScheme
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
@@ -31,6 +32,7 @@ from app.core.fields import is_db_id, storable
 from app.core.keys import SigningKeys
 from app.core.logging import USER_ID_STATE_KEY
 from app.core.settings import JWTSettings
+from app.core.token_cache import VerifiedTokens
 
 TokenKind = Literal["access", "refresh"]
 
@@ -95,11 +97,17 @@ class AppToken(Token):
         cls, encoded_token: str, secret: Any, algorithm: str, **_: Any
     ) -> Self:
         """Checks 1–3 of SPEC §3.5; ``iat`` and ``fid`` are optional on input."""
+        return cls.verify(encoded_token, secret, algorithm)[0]
+
+    @classmethod
+    def verify(cls, encoded_token: str, secret: Any, algorithm: str) -> tuple[Self, dict[str, Any]]:
+        """``decode``, with the verified claims as PyJWT read them."""
         try:
             # The algorithm is pinned: a token signed with any other `alg` (including "none") is rejected.
-            payload = jwt.decode(
+            claims = jwt.decode(
                 encoded_token, key=secret, algorithms=[algorithm], options={"require": ["exp", "sub", "uid", "jti"]}
             )
+            payload = dict(claims)
             iat = payload.pop("iat", None)
             token = cls(
                 sub=_claim(payload.pop("sub"), str),
@@ -112,7 +120,7 @@ class AppToken(Token):
             )
         except (jwt.InvalidTokenError, ImproperlyConfiguredException, TypeError, ValueError, OverflowError) as exc:
             raise TokenRejected(_rejection_reason(exc)) from None
-        return token
+        return token, claims
 
     @property
     def revocation_keys(self) -> list[str]:
@@ -153,6 +161,7 @@ class TokenCodec:
             "access": timedelta(minutes=settings.access_token_expire_minutes),
             "refresh": timedelta(days=settings.refresh_token_expire_days),
         }
+        self.verified: VerifiedTokens[AppToken] = VerifiedTokens()
 
     def issue(self, subject: str, user_id: int, kind: TokenKind, *, family: str) -> IssuedToken:
         token = AppToken(
@@ -165,10 +174,21 @@ class TokenCodec:
         )
         return IssuedToken(encoded=token.encode(self.keys.signing, self.settings.algorithm), expires_at=token.exp)
 
+    def verify(self, encoded: str) -> AppToken:
+        """Checks 1–3 of SPEC §3.5, verified once per exact token string while it is valid; else ``TokenRejected``."""
+        token = self.verified.get(encoded)
+        if token is not None:
+            return token
+        token, claims = AppToken.verify(encoded, self.keys.verification, self.settings.algorithm)
+        if "nbf" not in claims:  # our tokens carry none; one that does is simply verified every time
+            # The window of the checks just passed: Litestar's `iat <= now` and PyJWT's `int(exp) > now`.
+            self.verified.put(encoded, token, valid_from=token.iat.timestamp(), valid_until=int(claims["exp"]))
+        return token
+
     def decode(self, encoded: str, kind: TokenKind) -> AppToken | None:
         """Checks 1–4 of SPEC §3.5; ``None`` when any fails."""
         try:
-            token = AppToken.decode(encoded, self.keys.verification, self.settings.algorithm)
+            token = self.verify(encoded)
         except TokenRejected as rejected:
             log_rejection(rejected.reason, kind=kind)
             return None
@@ -200,6 +220,10 @@ UserLoader = Callable[[ASGIConnection[Any, Any, Any, Any], AppToken], Awaitable[
 class BearerAuthenticationMiddleware(JWTAuthenticationMiddleware):
     """Bearer header only (no cookie fallback), with the fixed 401 texts of SPEC §1.3."""
 
+    def __init__(self, *, codec: TokenCodec, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.codec = codec
+
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         encoded = bearer_token(connection.headers.get("authorization"))
         if encoded is None:
@@ -214,12 +238,25 @@ class BearerAuthenticationMiddleware(JWTAuthenticationMiddleware):
     async def authenticate_token(
         self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        token = self.token_cls.decode(encoded_token, self.token_secret, self.algorithm)
+        token = self.codec.verify(encoded_token)
         user = await self.retrieve_user_handler(token, connection)
         if user is None:  # the loader names the reason itself ("revoked", "unknown user"); this is a fallback
             raise TokenRejected("unknown user")
         connection.state[USER_ID_STATE_KEY] = user.id
         return AuthenticationResult(user=user, auth=token)
+
+
+@dataclass
+class BearerJWTAuth(JWTAuth[Any, AppToken]):
+    """``JWTAuth`` whose middleware verifies tokens through the codec (and so its cache of verified tokens)."""
+
+    codec: TokenCodec = field(kw_only=True)
+
+    @property
+    def middleware(self) -> DefineMiddleware:
+        middleware = super().middleware
+        middleware.kwargs["codec"] = self.codec
+        return middleware
 
 
 def build_jwt_auth(codec: TokenCodec, load_user: UserLoader) -> JWTAuth[Any, AppToken]:
@@ -230,7 +267,8 @@ def build_jwt_auth(codec: TokenCodec, load_user: UserLoader) -> JWTAuth[Any, App
             raise TokenRejected("wrong type")
         return await load_user(connection, token)
 
-    return JWTAuth[Any, AppToken](
+    return BearerJWTAuth(
+        codec=codec,
         retrieve_user_handler=retrieve_user,
         token_secret=codec.keys.verification,
         algorithm=codec.settings.algorithm,
