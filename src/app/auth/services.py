@@ -104,7 +104,9 @@ async def load_active_user(session: AsyncSession, token: AppToken) -> User | Non
 
 
 def request_user_loader(alchemy: SQLAlchemyAsyncConfig) -> UserLoader:
-    """The authentication middleware's user lookup, in the request's own session (and transaction)."""
+    """The authentication middleware's user lookup, in the request's own session: inside its transaction for a
+    write, so the handler can reuse the user it loads; without one for GET and HEAD (``AlchemyConfig``), where the
+    lookup is then the request's one round trip."""
 
     async def load(connection: ASGIConnection[Any, Any, Any, Any], token: AppToken) -> User:
         return await token_user(alchemy.provide_session(connection.app.state, connection.scope), token)

@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import msgspec
@@ -19,13 +20,13 @@ from advanced_alchemy.extensions.litestar import (
 )
 
 # How the plugin keeps the request's session in the scope (its own before-send handlers use the same helper).
-from advanced_alchemy.extensions.litestar._utils import get_aa_scope_state
+from advanced_alchemy.extensions.litestar._utils import get_aa_scope_state, set_aa_scope_state
 from advanced_alchemy.types import DateTimeUTC
-from litestar.datastructures import MutableScopeHeaders
+from litestar.datastructures import MutableScopeHeaders, State
 from litestar.types import BeforeMessageSendHookHandler, HTTPResponseStartEvent, Message, Scope
 from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.settings import PROJECT_ROOT, Settings
@@ -119,12 +120,44 @@ async def save_unique(session: AsyncSession, apply: Callable[[], None]) -> bool:
 _CREATE_ALL_LOCK = 0x4C69_7465_7374
 
 
+# RFC 9110 §9.2.1: requests that must not change anything. No GET or HEAD route writes (a write there would not
+# be atomic: each statement commits on its own).
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
 class AlchemyConfig(SQLAlchemyAsyncConfig):
-    """advanced-alchemy's config, with workers taking turns to create missing tables (DB__CREATE_TABLES_ON_START).
+    """advanced-alchemy's config, with read-only requests outside a transaction and workers taking turns to
+    create missing tables (DB__CREATE_TABLES_ON_START).
+
+    A request's session is created by whoever needs it first (the auth middleware's token check, a guard, a
+    handler's dependency). For GET and HEAD it is bound to an AUTOCOMMIT view of the engine (same pool): asyncpg
+    then sends no BEGIN before the first statement and no COMMIT after the last, so a one-statement read is one
+    round trip instead of three. That gives up nothing under PostgreSQL's READ COMMITTED, where every statement
+    takes its own snapshot inside a transaction too. Every other method keeps one transaction per request.
+    SQLite (embedded mode) sends no BEGIN before a read anyway and keeps the plain session.
 
     Granian starts its workers at once: two ``create_all`` on an empty PostgreSQL database would create the
     same table, and one worker would crash on a unique violation in ``pg_type``.
     """
+
+    def provide_session(self, state: State, scope: Scope) -> AsyncSession:
+        session: AsyncSession | None = get_aa_scope_state(scope, self.session_scope_key)
+        if session is not None:
+            return session
+        if scope.get("method") not in SAFE_METHODS or self._autocommit_engine is None:
+            return super().provide_session(state, scope)
+        # SQLAlchemy's way to one session's isolation level: its own bind, a view of the engine with the option.
+        session_maker: async_sessionmaker[AsyncSession] = state[self.session_maker_app_state_key]
+        session = session_maker(bind=self._autocommit_engine)
+        set_aa_scope_state(scope, self.session_scope_key, session)
+        return session
+
+    @cached_property
+    def _autocommit_engine(self) -> AsyncEngine | None:
+        engine = self.get_engine()
+        if engine.dialect.name != "postgresql" or self.routing_config is not None:  # replicas: their own makers
+            return None
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def create_all_metadata(self, app: Any) -> None:
         async with self.get_engine().begin() as connection:

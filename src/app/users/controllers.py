@@ -52,7 +52,7 @@ class UserController(Controller):
 
     @get("/user/{username:str}", exclude_from_auth=True)
     async def read_user(self, username: FromPath[str], users: NamedDependency[UserService]) -> UserRead:
-        return to_struct(await users.get_by_username(username), UserRead)
+        return await users.get_profile(username)
 
     @patch("/user/{username:str}", security=BEARER)
     async def update_user(

@@ -11,18 +11,18 @@ from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.exceptions import NotFoundException
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, bindparam, or_, select
 
 from app.core.db import save_unique, utc_now
 from app.core.errors import UnprocessableError
 from app.core.fields import storable
 from app.core.guards import ensure_owner
 from app.core.passwords import hash_password
-from app.core.schemas import Pagination
+from app.core.schemas import Pagination, to_struct
 from app.posts.services import invalidate_user_posts
 from app.tiers.models import RateLimit, Tier
 from app.users.models import User
-from app.users.schemas import RESERVED_USERNAMES, UserCreate, UserUpdate, normalize_email
+from app.users.schemas import RESERVED_USERNAMES, UserCreate, UserRead, UserUpdate, normalize_email
 
 USER_NOT_FOUND = "User not found"
 TIER_NOT_FOUND = "Tier not found"
@@ -36,6 +36,13 @@ def named(identifier: str) -> ColumnElement[bool]:
     if "@" in identifier:
         return User.email == normalize_email(identifier)
     return User.username == identifier
+
+
+# U4 is the hottest public read: one statement, built once, of only the response's columns, read into the response
+# without an ORM object. The routes that go on to use the user (owner checks, writes, tiers) load the whole row.
+_PROFILE_BY_USERNAME = select(*(getattr(User, field) for field in UserRead.__struct_fields__)).where(
+    User.username == bindparam("username"), User.is_deleted.is_(False)
+)
 
 
 class UserService(SQLAlchemyAsyncRepositoryService[User]):
@@ -55,9 +62,22 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
             raise NotFoundException(USER_NOT_FOUND)
         return user
 
+    async def get_profile(self, username: str) -> UserRead:
+        """U4: the profile of a user that is not deleted, else 404."""
+        row = None
+        if storable(username):
+            row = (await self.repository.session.execute(_PROFILE_BY_USERNAME, {"username": username})).first()
+        if row is None:
+            raise NotFoundException(USER_NOT_FOUND)
+        return to_struct(row, UserRead)
+
     async def get_for_owner(self, username: str, caller: User, *, include_deleted: bool = True) -> User:
         """Owner routes (SPEC §1.2): 404 when there is no such user (soft-deleted included unless
         ``include_deleted=False``, as on the post routes), then 403 when it is not the caller."""
+        if username == caller.username and caller in self.repository.session:
+            # The token check loaded the caller in this session (and transaction) moments ago, existing and not
+            # deleted (SPEC §3.5 check 6): the lookup would return this same object. One statement less per write.
+            return caller
         user = await self.get_by_username(username, include_deleted=include_deleted)
         ensure_owner(user.username, caller)
         return user
