@@ -90,6 +90,7 @@ class FailOpenRedisStore(RedisStore):
     def __init__(self, redis: Redis, namespace: str) -> None:
         super().__init__(redis, namespace=namespace)
         self._batch: list[tuple[str, asyncio.Future[bytes | None]]] | None = None
+        self._fetching: set[asyncio.Task[None]] = set()  # the event loop keeps only weak references to tasks
 
     async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
         if renew_for:  # not used by the response cache: Litestar's own atomic get-and-renew
@@ -110,7 +111,9 @@ class FailOpenRedisStore(RedisStore):
 
     def _send_batch(self, loop: asyncio.AbstractEventLoop) -> None:
         batch, self._batch = self._batch or [], None
-        loop.create_task(self._fetch(batch))
+        fetch = loop.create_task(self._fetch(batch))
+        self._fetching.add(fetch)
+        fetch.add_done_callback(self._fetching.discard)
 
     async def _fetch(self, batch: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
         try:
