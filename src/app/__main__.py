@@ -41,8 +41,28 @@ def main() -> None:
     except SettingsError as exc:
         exit_with(exc)
     reload = "--reload" in sys.argv[1:]
+    if sys.platform != "win32":
+        stop_booting_workers_at_once()
     with metrics_directory():
         serve(settings, reload=reload)
+
+
+def stop_booting_workers_at_once() -> None:
+    """A forked worker starts with the supervisor's signal handlers, which only set a flag in the supervisor: a
+    SIGTERM sent while the worker booted was swallowed, and the supervisor waited the whole GRANIAN__TIMEOUT (900 s by
+    default) before killing it. From the fork until Granian installs the worker's own handlers, SIGTERM ends a worker
+    at once (it serves nothing yet); blocked across the fork itself, so one sent in between waits for that."""
+    terminate = {signal.SIGTERM}
+
+    def in_child() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, terminate)
+
+    os.register_at_fork(
+        before=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, terminate),
+        after_in_parent=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, terminate),
+        after_in_child=in_child,
+    )
 
 
 def serve(settings: Settings, *, reload: bool) -> None:
@@ -112,11 +132,6 @@ def _running(pid: int) -> bool:
 
 def build_worker_app(_target: str) -> Any:
     """Runs in every Granian worker: the app, without a startup line of its own (the supervisor logged it)."""
-    # A worker starts with the supervisor's signal handlers, which only set a flag in the supervisor: a SIGTERM sent
-    # while this worker boots was swallowed, and the supervisor waited the whole GRANIAN__TIMEOUT (900 s by default)
-    # before killing it. Until Granian installs the worker's own handlers after this loader, SIGTERM ends it at once:
-    # it serves nothing yet.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform != "win32":
         # Ctrl+C in a terminal sends SIGINT to the whole process group. A worker that stops on it by itself can
         # exit before the supervisor has marked it as being stopped: Granian then logs "Unexpected exit from
