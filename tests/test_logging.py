@@ -158,3 +158,22 @@ def test_access_events_are_not_written_below_their_level(
     with TestClient(app) as client:
         assert client.get("/api/v1/health").status_code == 200
     assert "app.access" not in log_file.read_text()
+
+
+async def test_outside_local_the_access_line_is_what_the_structlog_chain_renders(
+    settings_with: Callable[..., Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The access event skips structlog and the standard library outside ``local``; its line must not differ."""
+    log_file = tmp_path / "app.log"
+    app = create_app(settings_with(ENVIRONMENT="production", LOG_FILE_PATH=str(log_file)))
+    async with AsyncTestClient(app) as client:
+        assert (await client.get("/api/v1/health")).status_code == 200
+    app_logging.access_logger.info(  # the same fields through the structlog chain
+        "request", method="GET", path="/api/v1/health", status_code=200, duration_ms=1.5, client="testclient"
+    )
+    fast, chained = [json.loads(line) for line in log_file.read_text().splitlines() if '"app.access"' in line]
+    assert list(fast) == list(chained)
+    assert fast | {"duration_ms": 0, "timestamp": ""} == chained | {"duration_ms": 0, "timestamp": ""}
+    assert fast["timestamp"].endswith("Z")
+    console = [line for line in capsys.readouterr().err.splitlines() if '"app.access"' in line]
+    assert [json.loads(line) for line in console] == [fast, chained]  # the console gets the same line, once

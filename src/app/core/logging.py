@@ -10,10 +10,13 @@ import logging
 import logging.handlers
 import sys
 from collections.abc import MutableMapping
+from contextlib import nullcontext
+from datetime import UTC, datetime
 from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import structlog
 
 from app.core.settings import Settings
@@ -87,9 +90,9 @@ def configure_logging(settings: Settings) -> None:
         )
 
     json_formatter = formatter(json_renderer)
-    console = logging.StreamHandler(sys.stderr)
+    console = _Console(sys.stderr)
     console.setFormatter(json_formatter if console_renderer is json_renderer else formatter(console_renderer))
-    handlers: list[logging.Handler] = [console]
+    handlers: list[_Console | _RotatingFile] = [console]
     if settings.log.file_path is not None:
         settings.log.file_path.parent.mkdir(parents=True, exist_ok=True)
         file_handler = _RotatingFile(
@@ -130,6 +133,28 @@ def configure_logging(settings: Settings) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+    global _json_lines  # noqa: PLW0603 - one logging configuration per process, replaced by each call
+    _json_lines = tuple(handlers) if console_renderer is json_renderer else None
+
+
+# Outside `local` every handler prints the same JSON line. The access event, one per request, is then rendered
+# once with msgspec and written straight to them, past the standard library's and structlog's machinery.
+_json_lines: tuple[_Console | _RotatingFile, ...] | None = None
+_encode = msgspec.json.Encoder().encode
+
+
+def _write_json_line(message: str, fields: dict[str, Any]) -> None:
+    """The access event as the structlog chain renders it: the same keys in the same order (context variables,
+    the fields, ``event``, then level, logger and timestamp), as compact JSON."""
+    context = structlog.contextvars.get_contextvars()
+    event = {**context, **fields} if context else fields
+    event["event"] = message
+    event["level"] = "info"
+    event["logger"] = "app.access"
+    event["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    line = _encode(event).decode() + "\n"
+    for handler in _json_lines or ():
+        handler.write_line(line)
 
 
 class _RenderOnce(logging.Formatter):
@@ -149,6 +174,17 @@ class _RenderOnce(logging.Formatter):
         return rendered
 
 
+class _Console(logging.StreamHandler):  # type: ignore[type-arg]  # typeshed's TextIO parameter
+    def write_line(self, line: str) -> None:
+        """One rendered line, under the handler's lock like ``emit``; a failed write never fails a request."""
+        with self.lock or _NO_LOCK:
+            try:
+                self.stream.write(line)
+                self.stream.flush()
+            except (OSError, ValueError):  # a closed or broken stream: the record is dropped, as ``emit`` would
+                pass
+
+
 class _RotatingFile(logging.handlers.RotatingFileHandler):
     """The standard rotating file without its two ``stat`` calls per record: they guard against a log path that
     is not a regular file (bpo-45401), which is checked once, when the file is opened."""
@@ -158,12 +194,31 @@ class _RotatingFile(logging.handlers.RotatingFileHandler):
         return super()._open()
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:  # noqa: N802 - the standard library's name
+        return self._full_after(len(self.format(record)) + 1)
+
+    def _full_after(self, length: int) -> bool:
         if self.stream is None:
             self.stream = self._open()
         if not self._regular or self.maxBytes <= 0:
             return False
         self.stream.seek(0, 2)  # other worker processes append to the same file
-        return bool(self.stream.tell() + len(self.format(record)) + 1 >= self.maxBytes)
+        return bool(self.stream.tell() + length >= self.maxBytes)
+
+    def write_line(self, line: str) -> None:
+        """One rendered line, rotating first when it would fill the file (as ``emit`` does for a record)."""
+        with self.lock or _NO_LOCK:
+            try:
+                if self._full_after(len(line)):
+                    self.doRollover()
+                if self.stream is None:
+                    self.stream = self._open()
+                self.stream.write(line)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+
+
+_NO_LOCK = nullcontext()
 
 
 class AccessLog:
@@ -195,16 +250,20 @@ class AccessLog:
     @staticmethod
     def _log(scope: Scope, status_code: int, started: float) -> None:
         client = scope.get("client")
+        fields: dict[str, Any] = {
+            "method": scope.get("method"),
+            "path": scope["path"],
+            "status_code": status_code,
+            "duration_ms": round((perf_counter() - started) * 1000, 2),
+            "client": client[0] if client else None,
+        }
         user_id = scope.get("state", {}).get(USER_ID_STATE_KEY)
-        access_logger.info(
-            "request",
-            method=scope.get("method"),
-            path=scope["path"],
-            status_code=status_code,
-            duration_ms=round((perf_counter() - started) * 1000, 2),
-            client=client[0] if client else None,
-            **({"user_id": user_id} if user_id is not None else {}),
-        )
+        if user_id is not None:
+            fields["user_id"] = user_id
+        if _json_lines is not None:
+            _write_json_line("request", fields)
+        else:
+            access_logger.info("request", **fields)
 
 
 def log_startup(settings: Settings, *, url: str | None = None) -> None:
