@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -177,3 +178,19 @@ async def test_outside_local_the_access_line_is_what_the_structlog_chain_renders
     assert fast["timestamp"].endswith("Z")
     console = [line for line in capsys.readouterr().err.splitlines() if '"app.access"' in line]
     assert [json.loads(line) for line in console] == [fast, chained]  # the console gets the same line, once
+
+
+async def test_outside_local_access_lines_reach_the_file_shortly_while_the_app_runs(
+    settings_with: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Access lines are written in batches: within ``FLUSH_SECONDS`` (0.1 s), not only when the app stops."""
+    log_file = tmp_path / "app.log"
+    app = create_app(settings_with(ENVIRONMENT="production", LOG_FILE_PATH=str(log_file)))
+    async with AsyncTestClient(app) as client:
+        for _ in range(3):
+            assert (await client.get("/api/v1/health")).status_code == 200
+        for _ in range(40):  # one second at most
+            if log_file.read_text().count('"app.access"') == 3:
+                break
+            await asyncio.sleep(0.025)
+        assert log_file.read_text().count('"app.access"') == 3

@@ -29,7 +29,7 @@ from app.core.docs import docs_router
 from app.core.embedded import embedded_lifespan
 from app.core.errors import AppRequest, exception_to_response
 from app.core.keys import load_signing_keys
-from app.core.logging import AccessLog, configure_logging, log_startup
+from app.core.logging import AccessLog, configure_logging, flush_access_log, log_startup
 from app.core.metrics import build_metrics
 from app.core.openapi import docs_gate, openapi_config
 from app.core.queue import HOURLY, add_queue_dashboard, build_queue_plugin, cron_job, queue_lifespan
@@ -94,6 +94,7 @@ def _build(settings: Settings, *, announce: bool) -> Litestar:
             queue_lifespan,
         ],
         on_startup=build_startup_hooks(settings, announce=announce),
+        on_shutdown=[flush_access_log],
         request_class=AppRequest,
         exception_handlers={Exception: exception_to_response},
         before_send=[

@@ -6,6 +6,7 @@ Litestar: ``python -m app`` (the Granian supervisor) configures logging with it 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import logging.handlers
 import sys
@@ -134,27 +135,69 @@ def configure_logging(settings: Settings) -> None:
         cache_logger_on_first_use=True,
     )
     global _json_lines  # noqa: PLW0603 - one logging configuration per process, replaced by each call
-    _json_lines = tuple(handlers) if console_renderer is json_renderer else None
+    flush_access_log()  # lines of the handlers just replaced
+    _json_lines = _AccessLines(tuple(handlers)) if console_renderer is json_renderer else None
 
 
-# Outside `local` every handler prints the same JSON line. The access event, one per request, is then rendered
-# once with msgspec and written straight to them, past the standard library's and structlog's machinery.
-_json_lines: tuple[_Console | _RotatingFile, ...] | None = None
+# Flushed this long after the first line of a batch, or as soon as a batch holds this much (nginx's
+# `access_log … buffer= flush=`): one write per handler for every batch instead of one per request.
+FLUSH_SECONDS = 0.1
+BUFFER_BYTES = 32 * 1024
 _encode = msgspec.json.Encoder().encode
 
 
-def _write_json_line(message: str, fields: dict[str, Any]) -> None:
-    """The access event as the structlog chain renders it: the same keys in the same order (context variables,
-    the fields, ``event``, then level, logger and timestamp), as compact JSON."""
-    context = structlog.contextvars.get_contextvars()
-    event = {**context, **fields} if context else fields
-    event["event"] = message
-    event["level"] = "info"
-    event["logger"] = "app.access"
-    event["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    line = _encode(event).decode() + "\n"
-    for handler in _json_lines or ():
-        handler.write_line(line)
+class _AccessLines:
+    """Outside ``local`` every handler prints the same JSON line. The access event, one per request, is then
+    rendered once with msgspec and written straight to the handlers, past the standard library's and structlog's
+    machinery, in batches. A batch is written within ``FLUSH_SECONDS``, when the app stops, and when logging is
+    configured again; a worker killed with SIGKILL loses at most its last ``FLUSH_SECONDS`` of access lines."""
+
+    def __init__(self, handlers: tuple[_Console | _RotatingFile, ...]) -> None:
+        self.handlers = handlers
+        self.lines: list[str] = []
+        self.size = 0
+        self.timer_loop: asyncio.AbstractEventLoop | None = None  # whose timer will flush the batch
+
+    def write(self, message: str, fields: dict[str, Any]) -> None:
+        """The event as the structlog chain renders it: the same keys in the same order (context variables, the
+        fields, ``event``, then level, logger and timestamp), as compact JSON."""
+        context = structlog.contextvars.get_contextvars()
+        event = {**context, **fields} if context else fields
+        event["event"] = message
+        event["level"] = "info"
+        event["logger"] = "app.access"
+        event["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        line = _encode(event).decode() + "\n"
+        self.lines.append(line)
+        self.size += len(line)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop to flush later
+            loop = None
+        if loop is None or self.size >= BUFFER_BYTES:
+            self.flush()
+        elif self.timer_loop is not loop:  # also when the loop of an earlier timer was closed before it fired
+            self.timer_loop = loop
+            loop.call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        self.timer_loop = None
+        if not self.lines:
+            return
+        batch = "".join(self.lines)
+        self.lines.clear()
+        self.size = 0
+        for handler in self.handlers:
+            handler.write_line(batch)
+
+
+_json_lines: _AccessLines | None = None
+
+
+def flush_access_log() -> None:
+    """Write the buffered access lines now (the app's shutdown hook)."""
+    if _json_lines is not None:
+        _json_lines.flush()
 
 
 class _RenderOnce(logging.Formatter):
@@ -176,7 +219,7 @@ class _RenderOnce(logging.Formatter):
 
 class _Console(logging.StreamHandler):  # type: ignore[type-arg]  # typeshed's TextIO parameter
     def write_line(self, line: str) -> None:
-        """One rendered line, under the handler's lock like ``emit``; a failed write never fails a request."""
+        """Rendered lines, under the handler's lock like ``emit``; a failed write never fails a request."""
         with self.lock or _NO_LOCK:
             try:
                 self.stream.write(line)
@@ -205,7 +248,7 @@ class _RotatingFile(logging.handlers.RotatingFileHandler):
         return bool(self.stream.tell() + length >= self.maxBytes)
 
     def write_line(self, line: str) -> None:
-        """One rendered line, rotating first when it would fill the file (as ``emit`` does for a record)."""
+        """Rendered lines, rotating first when they would fill the file (as ``emit`` does for a record)."""
         with self.lock or _NO_LOCK:
             try:
                 if self._full_after(len(line)):
@@ -261,7 +304,7 @@ class AccessLog:
         if user_id is not None:
             fields["user_id"] = user_id
         if _json_lines is not None:
-            _write_json_line("request", fields)
+            _json_lines.write("request", fields)
         else:
             access_logger.info("request", **fields)
 
