@@ -27,7 +27,11 @@ _hashing_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="password
 T = TypeVar("T")
 
 
-async def _off_loop(function: Callable[..., T], *args: str) -> T:
+# bcrypt reads only the first 72 bytes of a password; bcrypt 5 raises instead of ignoring the rest.
+BCRYPT_MAX_BYTES = 72
+
+
+async def _off_loop(function: Callable[..., T], *args: str | bytes) -> T:
     return await asyncio.get_running_loop().run_in_executor(_hashing_thread, function, *args)
 
 
@@ -49,6 +53,14 @@ async def verify_password(password: str, hashed: str | None) -> tuple[bool, str 
     if hashed is None:
         await _off_loop(_hasher.verify, password, await _off_loop(_dummy_hash))
         return False, None
+    if hashed.startswith("$2"):
+        # A legacy bcrypt hash was made from the password's first 72 bytes (the original's bcrypt ignored the rest):
+        # verify those, then upgrade to Argon2id with the whole password.
+        try:
+            valid = await _off_loop(_hasher.verify, password.encode()[:BCRYPT_MAX_BYTES], hashed)
+        except (UnknownHashError, ValueError):  # not a bcrypt hash after all (bcrypt finds no valid salt)
+            return False, None
+        return valid, await hash_password(password) if valid else None
     try:
         return await _off_loop(_hasher.verify_and_update, password, hashed)
     except UnknownHashError:  # not a hash any of our hashers understand
