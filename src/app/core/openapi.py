@@ -40,6 +40,7 @@ from litestar.status_codes import (
 from litestar.types import Guard, Method
 from litestar.types.internal_types import PathParameterDefinition
 
+from app.core.errors import FORBIDDEN, NOT_ENOUGH_PRIVILEGES
 from app.core.guards import requires_superuser
 from app.core.rate_limit import rate_limit
 from app.core.settings import Settings
@@ -154,15 +155,10 @@ def error_statuses(handler: HTTPRouteHandler, operation: Operation) -> set[int]:
     statuses = {exc.status_code for exc in handler.raises or [] if exc.status_code != HTTP_500_INTERNAL_SERVER_ERROR}
     if not handler.opt.get(EXCLUDE_FROM_AUTH):
         statuses.add(HTTP_401_UNAUTHORIZED)
-    # `resolve_guards()` wraps each guard; the layers hold them as declared.
-    if any(requires_superuser in (layer.guards or []) for layer in handler.ownership_layers):
+    if forbidden_details(handler, operation):
         statuses.add(HTTP_403_FORBIDDEN)
-    path_parameters = {p.name for p in parameters if p.param_in == ParamType.PATH}
-    if path_parameters:
+    if any(p.param_in == ParamType.PATH for p in parameters):
         statuses.add(HTTP_404_NOT_FOUND)
-        # SPEC §1.2: an authenticated route on someone's `{username}` is an owner route.
-        if OWNER_PATH_PARAMETER in path_parameters and HTTP_401_UNAUTHORIZED in statuses:
-            statuses.add(HTTP_403_FORBIDDEN)
     if operation.request_body is not None:
         statuses.add(HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if parameters or operation.request_body is not None:
@@ -176,10 +172,38 @@ def error_statuses(handler: HTTPRouteHandler, operation: Operation) -> set[int]:
     return statuses
 
 
-def error_response(status: int) -> OpenAPIResponse:
+def forbidden_details(handler: HTTPRouteHandler, operation: Operation) -> list[str]:
+    """The ``detail`` of each 403 the route's authorisation level implies (SPEC §1.2, §1.3), so that clients and
+    tests can tell a superuser route from an owner route by the document alone.
+
+    The levels exclude each other: a superuser route grants no owner rights, so it has no owner check either.
+    """
+    # `resolve_guards()` wraps each guard; the layers hold them as declared.
+    if any(requires_superuser in (layer.guards or []) for layer in handler.ownership_layers):
+        return [NOT_ENOUGH_PRIVILEGES]
+    authenticated = not handler.opt.get(EXCLUDE_FROM_AUTH)
+    parameters = [p for p in operation.parameters or [] if isinstance(p, Parameter)]
+    path_parameters = {p.name for p in parameters if p.param_in == ParamType.PATH}
+    # SPEC §1.2: an authenticated route on someone's `{username}` is an owner route.
+    if authenticated and OWNER_PATH_PARAMETER in path_parameters:
+        return [FORBIDDEN]
+    return []
+
+
+def error_response(status: int, details: Sequence[str] = ()) -> OpenAPIResponse:
+    """``details``: the only ``detail`` values this response can carry, when the route's declaration fixes them."""
     body = VALIDATION_ERROR_BODY if status == HTTP_422_UNPROCESSABLE_ENTITY else ERROR_BODY
+    description = _ERROR_DESCRIPTIONS.get(status) or HTTPStatus(status).phrase
+    if details:
+        body = Schema(
+            type=OpenAPIType.OBJECT,
+            required=body.required,
+            properties={**_ERROR_FIELDS, "detail": Schema(type=OpenAPIType.STRING, enum=list(details))},
+            additional_properties=False,
+        )
+        description = f"{description}: " + " or ".join(f"`{detail}`" for detail in details)
     return OpenAPIResponse(
-        description=_ERROR_DESCRIPTIONS.get(status) or HTTPStatus(status).phrase,
+        description=description,
         content={MediaType.JSON: OpenAPIMediaType(schema=body)},
         headers=_ERROR_HEADERS.get(status),
     )
@@ -215,8 +239,11 @@ def document_errors(handler: HTTPRouteHandler, operation: Operation) -> None:
         for code, response in (operation.responses or {}).items()
         if int(code) < HTTP_400_BAD_REQUEST or code in explicit
     }
+    # A 403 a handler `raises` itself may carry another detail; then the 403's detail is left open.
+    raises_403 = any(exc.status_code == HTTP_403_FORBIDDEN for exc in handler.raises or [])
+    forbidden = [] if raises_403 else forbidden_details(handler, operation)
     for status in sorted(error_statuses(handler, operation)):
-        responses.setdefault(str(status), error_response(status))
+        responses.setdefault(str(status), error_response(status, forbidden if status == HTTP_403_FORBIDDEN else ()))
     operation.responses = responses
 
 
