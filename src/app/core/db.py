@@ -245,8 +245,10 @@ def build_alchemy_config(settings: Settings, after_commit: AfterCommit | None = 
             pool_timeout=settings.db.connect_timeout,
             # No pre-ping: it costs a round trip per request (measured -15 % on an authenticated GET). A connection
             # broken by a database restart fails its one request with 503 and SQLAlchemy then recycles the pool.
-            # A database that does not answer gives 503 after the timeout instead of a hung request.
-            connect_args={"timeout": settings.db.connect_timeout, "command_timeout": 30},
+            # A database that does not answer gives 503 after the timeout instead of a hung request. asyncpg's
+            # command timeout also cancels the statement on the server (a request stuck behind a lock frees its
+            # pooled connection).
+            connect_args={"timeout": settings.db.connect_timeout, "command_timeout": settings.db.statement_timeout},
         )
     config = AlchemyConfig(
         connection_string=settings.database_url,

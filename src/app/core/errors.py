@@ -54,6 +54,10 @@ UNAVAILABLE_ERRORS = (
     asyncpg.PostgresConnectionError,  # e.g. the server closed the connection (ConnectionDoesNotExistError)
     asyncpg.InterfaceError,
     asyncpg.exceptions.InternalClientError,  # "cannot switch to state …": a connection broken mid-operation
+    # SQLSTATE class 53: the server refuses the work, e.g. too many connections (max_connections, a role's limit).
+    asyncpg.exceptions.InsufficientResourcesError,
+    # Class 57: the server is shutting down or starting (admin_shutdown, cannot_connect_now), or cancelled a statement.
+    asyncpg.exceptions.OperatorInterventionError,
 )
 
 

@@ -68,6 +68,8 @@ QUEUE_TIMEOUT = 1.0
 SHUTDOWN_GRACE = 10
 # Embedded mode: how long an idle in-process worker task waits before it looks at the queue again (a job's latency).
 EMBEDDED_POLL_INTERVAL = 0.1
+# How long a worker task waits before it tries an unreachable Redis again.
+OUTAGE_RETRY_DELAY = 1.0
 
 UnitOfWork = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 
@@ -78,6 +80,40 @@ class JobContext(Context, total=False):
     db: UnitOfWork
     """``async with ctx["db"]() as session:`` one fresh unit of work (commit on success, rollback on error)."""
     alchemy: SQLAlchemyAsyncConfig
+
+
+class WorkerQueue(RedisQueue):
+    """SAQ's Redis queue, pausing a worker's dequeue while Redis is unreachable.
+
+    SAQ's worker starts the next dequeue as soon as one fails, and it swallows the error: with Redis down, its
+    ``WORKER_CONCURRENCY`` dequeue tasks spun on the refused connection, a whole core per worker process, silently.
+    Here a failed dequeue waits ``OUTAGE_RETRY_DELAY`` and counts as "no job"; the outage and the recovery are
+    logged once each. The next dequeue reconnects, so the worker resumes when Redis is back, without a restart.
+    """
+
+    unreachable = False
+
+    async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:  # noqa: ASYNC109 - SAQ's signature
+        try:
+            job = await super().dequeue(timeout, poll_interval)
+        except (RedisError, OSError) as error:
+            if not self.unreachable:
+                logger.error("queue unavailable, worker waiting", error=type(error).__name__)
+                self.unreachable = True
+            await asyncio.sleep(OUTAGE_RETRY_DELAY)
+            return None
+        if self.unreachable:
+            logger.info("queue available again")
+            self.unreachable = False
+        return job
+
+
+class WorkerQueueConfig(QueueConfig):
+    """litestar-saq's queue configuration, building a ``WorkerQueue`` from the DSN (in every worker process)."""
+
+    @property
+    def queue_class(self) -> type[Queue]:
+        return WorkerQueue
 
 
 class EmbeddedQueue(RedisQueue):
@@ -130,7 +166,7 @@ def cron_job(function: Function[Any], cron: str) -> CronJob:
 def build_queue_plugin(settings: Settings, *, jobs: Sequence[Function[Any]], cron_jobs: Sequence[CronJob]) -> SAQPlugin:
     """The SAQ plugin (``task_queues`` dependency, ``litestar workers`` commands) and the queue's one worker."""
     broker, queues = _broker(settings)
-    worker = QueueConfig(
+    worker = WorkerQueueConfig(
         name=QUEUE_NAME,
         tasks=list(jobs),
         scheduled_tasks=list(cron_jobs),

@@ -105,6 +105,8 @@ class DatabaseSettings:
     max_overflow: NonNegativeInt = env("DB__MAX_OVERFLOW", default=10)
     # Seconds to wait for a connection before the request fails with 503 instead of hanging.
     connect_timeout: PositiveInt = env("DB__CONNECT_TIMEOUT", default=5)
+    # Seconds a statement may run, waits for locks included, before it is cancelled and the request answers 503.
+    statement_timeout: PositiveInt = env("DB__STATEMENT_TIMEOUT", default=30)
     # SPEC §9.3: the SQLite file of embedded mode, in a git-ignored folder.
     embedded_path: Path = env("EMBEDDED_DATABASE_PATH", default=PROJECT_ROOT / "src/.embedded/app.sqlite3")
 
