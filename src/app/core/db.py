@@ -123,6 +123,7 @@ _CREATE_ALL_LOCK = 0x4C69_7465_7374
 # RFC 9110 §9.2.1: requests that must not change anything. No GET or HEAD route writes (a write there would not
 # be atomic: each statement commits on its own).
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+_AUTOCOMMIT = "autocommit"  # the ``Session.info`` flag of a GET or HEAD session
 
 
 class AlchemyConfig(SQLAlchemyAsyncConfig):
@@ -148,7 +149,7 @@ class AlchemyConfig(SQLAlchemyAsyncConfig):
             return super().provide_session(state, scope)
         # SQLAlchemy's way to one session's isolation level: its own bind, a view of the engine with the option.
         session_maker: async_sessionmaker[AsyncSession] = state[self.session_maker_app_state_key]
-        session = session_maker(bind=self._autocommit_engine)
+        session = session_maker(bind=self._autocommit_engine, info={_AUTOCOMMIT: True})
         set_aa_scope_state(scope, self.session_scope_key, session)
         return session
 
@@ -200,7 +201,8 @@ def transaction_handler(session_scope_key: str, after_commit: AfterCommit | None
             if session is not None:
                 await session.rollback()
             return
-        if session is not None:
+        # An AUTOCOMMIT session has nothing to commit: each statement committed itself (closing it is enough).
+        if session is not None and not session.info.get(_AUTOCOMMIT):
             try:
                 await session.commit()
             except Exception:
