@@ -112,7 +112,11 @@ class FuzzTarget:
 @pytest.fixture(scope="module")
 def fuzz_target(test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget]:
     with (
-        live_server(test_env, tmp_path_factory.mktemp("fuzz"), workers=2) as server,
+        # Login throttling off: the fuzzer's failed logins (all from 127.0.0.1) would pass the per-address limit and
+        # lock out the roles' own logins in headers_for(); tests/test_login_throttle.py covers throttling.
+        live_server(
+            {**test_env, "LOGIN_THROTTLE_ENABLED": "false"}, tmp_path_factory.mktemp("fuzz"), workers=2
+        ) as server,
         httpx.Client(base_url=server.base_url, timeout=30) as http,
     ):
         yield FuzzTarget(server=server, env=test_env, http=http)

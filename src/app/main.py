@@ -21,9 +21,11 @@ from litestar_saq import SAQPlugin
 from app.auth.controllers import AuthController
 from app.auth.jobs import purge_expired_tokens
 from app.auth.services import request_user_loader
+from app.auth.throttle import LOGIN_THROTTLE, LoginThrottle
 from app.cli import FirstRunCLIPlugin
 from app.core.cache import ResponseCache
 from app.core.client_cache import client_cache_headers
+from app.core.cors import build_cors_config
 from app.core.db import build_alchemy_config
 from app.core.docs import docs_router
 from app.core.embedded import embedded_lifespan
@@ -79,7 +81,9 @@ def _build(settings: Settings, *, announce: bool) -> Litestar:
         route_handlers=build_routes(settings),
         plugins=[SQLAlchemyPlugin(config=database), GranianPlugin(), FirstRunCLIPlugin(), queue, metrics],
         middleware=[auth.middleware],
-        state=State({"settings": settings, "alchemy": database, RATE_LIMITER: limiter}),
+        state=State(
+            {"settings": settings, "alchemy": database, RATE_LIMITER: limiter, LOGIN_THROTTLE: LoginThrottle(settings)}
+        ),
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "token_codec": Provide(lambda: codec, use_cache=True, sync_to_thread=False),
@@ -104,6 +108,7 @@ def _build(settings: Settings, *, announce: bool) -> Litestar:
         ],
         openapi_config=openapi_config(settings, docs_gate(settings), components=OPENAPI_COMPONENTS),
         request_max_body_size=REQUEST_MAX_BODY_SIZE,
+        cors_config=build_cors_config(settings),  # None (off) unless CORS_ALLOW_ORIGINS lists origins
         logging_config=None,
         debug=False,
     )

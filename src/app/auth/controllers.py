@@ -7,12 +7,14 @@ from typing import Any
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, TooManyRequestsException
 from litestar.params import FromCookie
 
 from app.auth.cookies import REFRESH_COOKIE, expired_refresh_cookie, refresh_cookie
 from app.auth.schemas import AccessToken, LoginOperation, read_login_form
 from app.auth.services import AuthService, TokenPair, provide_auth_service
+from app.auth.throttle import LoginThrottle, provide_login_throttle
+from app.core.cors import same_origin_or_allowed
 from app.core.errors import NOT_AUTHENTICATED
 from app.core.schemas import Message
 from app.core.security import TokenCodec, bearer_token
@@ -34,27 +36,52 @@ def _token_response(tokens: TokenPair, codec: TokenCodec) -> Response[AccessToke
 
 
 class AuthController(Controller):
+    """A browser's cross-site request must not drive the cookie routes, nor log the user into another account
+    (login CSRF): each route's ``same_origin_or_allowed`` guard refuses a foreign ``Origin`` before anything else.
+    It is on the handlers, not here, so the OPTIONS answer Litestar adds to each path is left alone."""
+
     tags = ["login"]
     # These routes do their own token checks; tokens must never be cached anywhere (SPEC §4.2, §7).
     opt = {"exclude_from_auth": True}
     cache_control = CacheControlHeader(no_store=True)
-    dependencies = {"auth_service": Provide(provide_auth_service)}
+    dependencies = {
+        "auth_service": Provide(provide_auth_service),
+        "login_throttle": Provide(provide_login_throttle, sync_to_thread=False),
+    }
 
-    @post("/login", status_code=200, operation_class=LoginOperation, raises=[NotAuthorizedException])
+    @post(
+        "/login",
+        status_code=200,
+        operation_class=LoginOperation,
+        guards=[same_origin_or_allowed],
+        raises=[NotAuthorizedException, PermissionDeniedException, TooManyRequestsException],
+    )
     async def login(
         self,
         request: Request[Any, Any, Any],
         auth_service: NamedDependency[AuthService],
+        login_throttle: NamedDependency[LoginThrottle],
         token_codec: NamedDependency[TokenCodec],
     ) -> Response[AccessToken]:
-        """Log in with a username or an email; returns an access token and sets the refresh cookie."""
+        """Log in with a username or an email; returns an access token and sets the refresh cookie.
+
+        Past too many failed attempts (per account and address, or per address) it answers 429 without checking
+        the password.
+        """
         data = await read_login_form(request)
+        attempt = await login_throttle.admit(request, data.username)
         tokens = await auth_service.login(data.username, data.password)
         if tokens is None:
             raise NotAuthorizedException(WRONG_CREDENTIALS)
+        await login_throttle.succeeded(request, attempt)
         return _token_response(tokens, token_codec)
 
-    @post("/refresh", status_code=200, raises=[NotAuthorizedException])
+    @post(
+        "/refresh",
+        status_code=200,
+        guards=[same_origin_or_allowed],
+        raises=[NotAuthorizedException, PermissionDeniedException],
+    )
     async def refresh(
         self,
         auth_service: NamedDependency[AuthService],
@@ -69,7 +96,12 @@ class AuthController(Controller):
             raise NotAuthorizedException(INVALID_REFRESH_TOKEN)
         return _token_response(tokens, token_codec)
 
-    @post("/logout", status_code=200, raises=[NotAuthorizedException])
+    @post(
+        "/logout",
+        status_code=200,
+        guards=[same_origin_or_allowed],
+        raises=[NotAuthorizedException, PermissionDeniedException],
+    )
     async def logout(
         self,
         request: Request[Any, Any, Any],

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, TypeVar, get_type_hints
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import msgspec
 from dotenv import dotenv_values
@@ -153,6 +153,25 @@ class RateLimitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    """Cross-origin access and login throttling (issue 13; not in the original)."""
+
+    # Comma list of exact origins (``https://app.example.com``) allowed to call the API from a browser; empty: CORS
+    # is off. ``*`` is refused: the refresh cookie makes every response credentialed.
+    cors_allow_origins: str = env("CORS_ALLOW_ORIGINS", default="")
+    # Failed logins are counted per account and client address, and per client address over all accounts, in a
+    # window of ``login_failure_window`` seconds; past either limit, login answers 429 until the window ends.
+    login_throttle: bool = env("LOGIN_THROTTLE_ENABLED", default=True)
+    login_max_failures: PositiveInt = env("LOGIN_MAX_FAILURES", default=5)
+    login_max_failures_per_address: PositiveInt = env("LOGIN_MAX_FAILURES_PER_ADDRESS", default=50)
+    login_failure_window: PositiveInt = env("LOGIN_FAILURE_WINDOW", default=900)
+
+    @property
+    def allowed_origins(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(o.strip().rstrip("/") for o in self.cors_allow_origins.split(",") if o.strip()))
+
+
+@dataclass(frozen=True, slots=True)
 class FirstRunSettings:
     """Inputs of ``litestar users create-superuser`` and ``litestar tiers create`` (SPEC §12.2)."""
 
@@ -180,6 +199,7 @@ class Settings:
     redis_rate_limit: RedisSettings
     jwt: JWTSettings
     rate_limit: RateLimitSettings
+    security: SecuritySettings
     first_run: FirstRunSettings
     log: LogSettings
     embedded: bool
@@ -210,6 +230,7 @@ class Settings:
             redis_rate_limit=_load(RedisSettings, source, purpose="RATE_LIMIT"),
             jwt=_load(JWTSettings, source),
             rate_limit=_load(RateLimitSettings, source),
+            security=_load(SecuritySettings, source),
             first_run=_load(FirstRunSettings, source),
             log=_load(LogSettings, source),
             embedded=_embedded_mode(source, process, env_file_exists=bool(env_file and env_file.is_file())),
@@ -269,6 +290,15 @@ def _check_consistency(settings: Settings) -> None:
             ipaddress.ip_address(proxy)
         except ValueError:
             raise SettingsError(f"Invalid value for FORWARDED_ALLOW_IPS: {proxy!r} is not an IP address") from None
+    for origin in settings.security.allowed_origins:
+        if origin == "*":
+            raise SettingsError("Invalid value for CORS_ALLOW_ORIGINS: '*' is refused, responses carry credentials")
+        parts = urlsplit(origin)
+        invalid = not parts.netloc or "*" in parts.netloc or parts.path or parts.query or parts.fragment
+        if parts.scheme not in ("http", "https") or invalid:
+            raise SettingsError(
+                f"Invalid value for CORS_ALLOW_ORIGINS: {origin!r} is not an origin (https://host[:port])"
+            )
     jwt = settings.jwt
     if jwt.access_token_type == jwt.refresh_token_type:
         raise SettingsError("Invalid value for REFRESH_TOKEN_TYPE: it must differ from ACCESS_TOKEN_TYPE")
