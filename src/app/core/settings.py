@@ -101,8 +101,8 @@ class DatabaseSettings:
     server: str = env("POSTGRES_SERVER", default="localhost")
     port: Port = env("POSTGRES_PORT", default=5432)
     name: str = env("POSTGRES_DB", default="postgres")
-    pool_size: PositiveInt = env("DB__POOL_SIZE", default=10)
-    max_overflow: NonNegativeInt = env("DB__MAX_OVERFLOW", default=10)
+    pool_size: PositiveInt = env("DB__POOL_SIZE", default=16)
+    max_overflow: NonNegativeInt = env("DB__MAX_OVERFLOW", default=0)
     # Seconds to wait for a connection before the request fails with 503 instead of hanging.
     connect_timeout: PositiveInt = env("DB__CONNECT_TIMEOUT", default=5)
     # Seconds a statement may run, waits for locks included, before it is cancelled and the request answers 503.
