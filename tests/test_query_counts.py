@@ -127,12 +127,35 @@ async def test_w7_own_profile_is_the_token_check_alone(
     assert await counted(client, round_trips, "GET", "/api/v1/user/me/", headers=ann_auth) == [TOKEN_CHECK]
 
 
-async def test_w1_users_page_is_its_two_statements(
+async def test_w1_users_page_is_one_statement_that_also_counts(
     client: Client, make_user: MakeUser, round_trips: RoundTrips
 ) -> None:
-    """The total and the page: two statements, each with its own snapshot, as under READ COMMITTED in a transaction."""
+    """The page's rows carry the total: one round trip, and the total is the whole count, not the page's."""
+    for username in ("ann", "bob", "cid"):
+        await make_user(username)
+    assert await counted(client, round_trips, "GET", "/api/v1/users?items_per_page=2") == ["SELECT user"]
+    page = (await client.get("/api/v1/users?items_per_page=2")).json()
+    assert (page["total_count"], page["has_more"], [user["username"] for user in page["data"]]) == (
+        3,
+        True,
+        ["ann", "bob"],
+    )
+
+
+async def test_w1_a_page_past_the_end_counts_on_its_own(
+    client: Client, make_user: MakeUser, round_trips: RoundTrips
+) -> None:
+    """No row to carry the total: a second statement counts, so the total is still right."""
     await make_user("ann")
-    assert await counted(client, round_trips, "GET", "/api/v1/users") == ["SELECT user", "SELECT user"]
+    path = "/api/v1/users?page=5"
+    assert await counted(client, round_trips, "GET", path) == ["SELECT user", "SELECT user"]
+    assert (await client.get(path)).json() == {
+        "data": [],
+        "total_count": 1,
+        "has_more": False,
+        "page": 5,
+        "items_per_page": 10,
+    }
 
 
 async def test_a_read_that_fails_sends_no_rollback(client: Client, round_trips: RoundTrips) -> None:
