@@ -8,6 +8,7 @@ from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.exceptions import NotFoundException
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.cache import format_key, format_pattern, invalidate_after_commit
@@ -69,6 +70,7 @@ class PostService(SQLAlchemyAsyncRepositoryService[Post]):
         return post
 
     async def update_post(self, author: User, post: Post, data: PostUpdate) -> None:
+        await self._lock(post, include_deleted=False)
         for name, value in data.to_dict().items():
             setattr(post, name, value)
         post.updated_at = utc_now()
@@ -76,13 +78,28 @@ class PostService(SQLAlchemyAsyncRepositoryService[Post]):
         self._invalidate(author, post)
 
     async def soft_delete(self, author: User, post: Post) -> None:
+        await self._lock(post, include_deleted=False)
         post.mark_deleted()
         await self.repository.session.flush()
         self._invalidate(author, post)
 
     async def hard_delete(self, author: User, post: Post) -> None:
+        await self._lock(post, include_deleted=True)
         await self.delete(post.id)
         self._invalidate(author, post)
+
+    async def _lock(self, post: Post, *, include_deleted: bool) -> None:
+        """Lock the post's row for this transaction, else the route's 404: it is gone, or soft-deleted where the
+        route excludes that.
+
+        The lookup that found ``post`` did not lock it: a concurrent request may have deleted it since. ``FOR
+        UPDATE`` waits for that request to commit, and PostgreSQL then re-checks the conditions against the row as
+        committed, so of two racing deletes only the first goes ahead and the other answers as if sent after it.
+        """
+        still = [] if include_deleted else [Post.is_deleted.is_(False)]
+        statement = select(Post.id).where(Post.id == post.id, *still).with_for_update()
+        if await self.repository.session.scalar(statement) is None:
+            raise NotFoundException(POST_NOT_FOUND)
 
     def _invalidate(self, author: User, post: Post | None) -> None:
         """SPEC §6.4: the post's own key and every page of its author's list, once the write commits."""

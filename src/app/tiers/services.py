@@ -14,7 +14,7 @@ from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotFoundException
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import save_unique, utc_now
@@ -33,6 +33,21 @@ RATE_LIMIT_NAME_TAKEN = "Rate Limit Name not available"
 RATE_LIMIT_PATH_TAKEN = "Rate Limit Path already defined for this tier"
 
 _BY_ID = OrderBy(field_name="id", sort_order="asc")
+
+
+async def _lock_or_404(session: AsyncSession, row: Tier | RateLimit, detail: str, *still: ColumnElement[bool]) -> None:
+    """Lock ``row`` for this transaction before changing it, else 404 ``detail``: it is gone or no longer matches
+    ``still``.
+
+    The lookup that found ``row`` did not lock it: a concurrent request may have renamed or deleted it since.
+    ``FOR UPDATE`` waits for that request to commit, and PostgreSQL then re-checks the conditions against the row
+    as committed, so of two racing writes the second answers as if sent after the first (never a 500 from an
+    UPDATE or DELETE that finds no row).
+    """
+    model = type(row)
+    statement = select(model.id).where(model.id == row.id, *still).with_for_update()
+    if await session.scalar(statement) is None:
+        raise NotFoundException(detail)
 
 
 class TierService(SQLAlchemyAsyncRepositoryService[Tier]):
@@ -71,6 +86,8 @@ class TierService(SQLAlchemyAsyncRepositoryService[Tier]):
 
     async def update_tier(self, tier: Tier, data: TierUpdate) -> None:
         """SPEC §4.5 T4 [Δ]: renaming onto another tier's name is a 422; keeping its own name is no conflict."""
+        # Found by its name: renamed by a concurrent request, it is no longer the tier the path names.
+        await _lock_or_404(self.repository.session, tier, TIER_NOT_FOUND, Tier.name == tier.name)
         changes = data.to_dict()
         if changes.get("name", tier.name) != tier.name and await self.exists(name=changes["name"]):
             raise UnprocessableError(TIER_NAME_TAKEN)
@@ -84,6 +101,7 @@ class TierService(SQLAlchemyAsyncRepositoryService[Tier]):
 
     async def delete_tier(self, tier: Tier) -> None:
         """SPEC §4.5 T5 [Δ]: the foreign keys delete the tier's rate limits and set its users' ``tier_id`` to null."""
+        await _lock_or_404(self.repository.session, tier, TIER_NOT_FOUND, Tier.name == tier.name)
         await self.delete(tier.id)
 
     async def _save_or_reject(self, apply: Callable[[], None]) -> None:
@@ -134,6 +152,7 @@ class RateLimitService(SQLAlchemyAsyncRepositoryService[RateLimit]):
 
     async def update_limit(self, rate_limit: RateLimit, data: RateLimitUpdate) -> None:
         """Only changed values are checked: a rate limit's own current name and path are no conflict."""
+        await _lock_or_404(self.repository.session, rate_limit, RATE_LIMIT_NOT_FOUND)
         changes = data.to_dict()
         if "path" in changes:
             changes["path"] = sanitize_path(changes["path"])
@@ -150,6 +169,7 @@ class RateLimitService(SQLAlchemyAsyncRepositoryService[RateLimit]):
         await self._save_or_reject(apply, tier_id, name=name, path=path, own_id=own_id)
 
     async def delete_limit(self, rate_limit: RateLimit) -> None:
+        await _lock_or_404(self.repository.session, rate_limit, RATE_LIMIT_NOT_FOUND)
         await self.delete(rate_limit.id)
 
     async def _reject_conflicts(

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from advanced_alchemy.exceptions import ErrorMessages
 from advanced_alchemy.extensions.litestar.providers import create_service_provider
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from litestar.exceptions import NotFoundException
-from sqlalchemy import ColumnElement, Row, bindparam, func, or_, select
+from litestar.exceptions import NotAuthorizedException, NotFoundException
+from sqlalchemy import ColumnElement, Row, bindparam, exists, false, func, or_, select, true
 
 from app.core.db import save_unique, utc_now
-from app.core.errors import UnprocessableError
+from app.core.errors import USER_NOT_AUTHENTICATED, UnprocessableError
 from app.core.fields import storable
 from app.core.guards import ensure_owner
 from app.core.passwords import hash_password
@@ -108,45 +108,54 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
         total = rows[0].total_count if rows else await session.scalar(_ACTIVE_COUNT)
         return rows, int(total or 0)
 
-    async def email_taken(self, email: str) -> bool:
-        """Soft-deleted users keep their email and username (SPEC §2.6)."""
-        return await self.exists(email=normalize_email(email))
+    async def _reject_taken(self, *, username: str | None, email: str | None, email_first: bool) -> None:
+        """The 422 of the first of ``username`` (reserved included) and ``email`` that is taken, in the route's
+        order (``None``: not checked); soft-deleted users keep theirs (SPEC §2.6).
 
-    async def username_available(self, username: str) -> bool:
-        return username not in RESERVED_USERNAMES and not await self.exists(username=username)
+        One statement, so one snapshot: a concurrent request that commits in between cannot make a later check
+        answer where an earlier one would have (SPEC §1.3: a race's loser answers as its pre-check would now).
+        """
+        username_taken = true() if username in RESERVED_USERNAMES else exists().where(User.username == username)
+        checks = [
+            (EMAIL_TAKEN, false() if email is None else exists().where(User.email == email)),
+            (USERNAME_TAKEN, false() if username is None else username_taken),
+        ]
+        if not email_first:
+            checks.reverse()
+        row = (await self.repository.session.execute(select(*(check for _, check in checks)))).one()
+        for (detail, _), taken in zip(checks, row, strict=True):
+            if taken:
+                raise UnprocessableError(detail)
 
     async def find_by_username_or_email(self, username: str, email: str) -> User | None:
         statement = select(User).where(or_(User.username == username, User.email == normalize_email(email)))
         return await self.get_one_or_none(statement=statement)
 
     async def register(self, data: UserCreate, *, is_superuser: bool = False) -> User:
-        if await self.email_taken(data.email):
-            raise UnprocessableError(EMAIL_TAKEN)
-        if not await self.username_available(data.username):
-            raise UnprocessableError(USERNAME_TAKEN)
+        email = normalize_email(data.email)
+        await self._reject_taken(username=data.username, email=email, email_first=True)
         user = User(
             name=data.name,
             username=data.username,
-            email=normalize_email(data.email),
+            email=email,
             hashed_password=await hash_password(data.password),
             is_superuser=is_superuser,
         )
-        await self._save_or_reject(lambda: self.repository.session.add(user), email=user.email)
+        if not await save_unique(self.repository.session, lambda: self.repository.session.add(user)):
+            await self._reject_taken(username=data.username, email=email, email_first=True)  # a concurrent one won
+            raise UnprocessableError(USERNAME_TAKEN)
         return user
 
     async def update_profile(self, user: User, data: UserUpdate) -> None:
         """Only fields that are present and changed are checked for uniqueness (SPEC §4.3 U5)."""
+        await self._lock_caller(user)
         changes = data.to_dict()
-        renamed = "username" in changes and changes["username"] != user.username
-        if renamed and not await self.username_available(changes["username"]):
-            raise UnprocessableError(USERNAME_TAKEN)
-        new_email = None
         if "email" in changes:
             changes["email"] = normalize_email(changes["email"])
-            new_email = changes["email"] if changes["email"] != user.email else None
-            if new_email is not None and await self.email_taken(new_email):
-                raise UnprocessableError(EMAIL_TAKEN)
-
+        new_username = changes["username"] if changes.get("username", user.username) != user.username else None
+        new_email = changes["email"] if changes.get("email", user.email) != user.email else None
+        if new_username is not None or new_email is not None:
+            await self._reject_taken(username=new_username, email=new_email, email_first=False)
         old_username = user.username
 
         def apply() -> None:
@@ -154,20 +163,41 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
                 setattr(user, name, value)
             user.updated_at = utc_now()
 
-        await self._save_or_reject(apply, email=new_email)
-        if renamed:
+        if not await save_unique(self.repository.session, apply):
+            await self._reject_taken(username=new_username, email=new_email, email_first=False)  # a concurrent one won
+            raise UnprocessableError(USERNAME_TAKEN)
+        if new_username is not None:
             invalidate_user_posts(self.repository.session, old_username)
 
     async def soft_delete(self, user: User) -> None:
+        await self._lock_caller(user)
         user.mark_deleted()
         await self.repository.session.flush()
         invalidate_user_posts(self.repository.session, user.username)
 
     async def hard_delete(self, user: User) -> None:
-        """The user's posts go with the row (ON DELETE CASCADE)."""
+        """The user's posts go with the row (ON DELETE CASCADE). A concurrent delete that won answers 404."""
+        if not await self._lock(user):
+            raise NotFoundException(USER_NOT_FOUND)
         username = user.username
         await self.delete(user.id)
         invalidate_user_posts(self.repository.session, username)
+
+    async def _lock_caller(self, user: User) -> None:
+        """The owner routes (U5, U6) change the caller: a concurrent U6 or U7 that removed them first leaves this
+        request where one sent after it would be, with a token that no longer authenticates (SPEC §3.5 check 6)."""
+        if not await self._lock(user, User.is_deleted.is_(False)):
+            raise NotAuthorizedException(USER_NOT_AUTHENTICATED)
+
+    async def _lock(self, user: User, *still: ColumnElement[bool]) -> bool:
+        """Lock the user's row for this transaction; ``False`` if it is gone or no longer matches ``still``.
+
+        The lookup that found ``user`` did not lock it: a concurrent request may have changed or deleted the row
+        since. ``FOR UPDATE`` waits for that request to commit, and PostgreSQL then re-checks the conditions
+        against the row as committed, so only the first of two racing writes goes ahead.
+        """
+        statement = select(User.id).where(User.id == user.id, *still).with_for_update()
+        return await self.repository.session.scalar(statement) is not None
 
     async def tier_of(self, user: User) -> Tier | None:
         if user.tier_id is None:
@@ -187,14 +217,6 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
         user.tier_id = tier_id
         user.updated_at = utc_now()
         await self.repository.session.flush()
-
-    async def _save_or_reject(self, apply: Callable[[], None], *, email: str | None) -> None:
-        """SPEC §1.3: a unique violation from a concurrent request answers the same 422 as the pre-check."""
-        if await save_unique(self.repository.session, apply):
-            return
-        if email is not None and await self.email_taken(email):
-            raise UnprocessableError(EMAIL_TAKEN)
-        raise UnprocessableError(USERNAME_TAKEN)
 
 
 # The `users` dependency: a UserService on the request's session (and so its transaction). Every service has a
