@@ -15,19 +15,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import FrameType
 
 from tests.bench import harness
 from tests.bench.chart import render_svg
 from tests.bench.results import CEILING, Result, ceiling_line, medians, parse_line, ratios
-from tests.bench.stack import PROJECT_ROOT, BenchError, Target, free_port, served
-
-HEALTH = "/api/v1/health"
+from tests.bench.stack import (
+    HEALTH,
+    PROJECT_ROOT,
+    BenchError,
+    Target,
+    free_port,
+    interrupt_on_signals,
+    served,
+    served_api,
+)
 
 
 def say(line: str) -> None:
@@ -37,11 +42,7 @@ def say(line: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # A `kill` of the bench stops what it started, like Ctrl+C does (also when started in the background, where
-    # the shell would have it ignore SIGINT).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
+    interrupt_on_signals()
     try:
         if args.from_results:
             return redraw(args.from_results, args.chart, workers=args.workers)
@@ -79,15 +80,7 @@ def bench(out_dir: Path | None, chart: Path | None, *, workers: int) -> int:
 
 def measure_api(shared: Path, knobs: harness.Knobs, target: Target, out_dir: Path, workers: int) -> list[Result]:
     """``python -m app`` as ``task serve`` starts it, on a fresh database, seeded through its API, under W0-W8."""
-    target.reset(out_dir, workers)
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}"
-    env = target.api_env(port, workers, out_dir / "app.log", environment="production")
-    env.pop("LOG_LEVEL", None)  # the default level (INFO), as `task serve` runs it
-    command = [sys.executable, "-m", "app"]
-    with served(
-        command, cwd=PROJECT_ROOT / "src", env=env, log_file=out_dir / "server.log", url=api_url + HEALTH
-    ) as pid:
+    with served_api(target, out_dir, workers) as (api_url, pid):
         harness.seed(shared, api_url, out_dir / "data.tsv", out_dir / "seed.log")
         return harness.run_workloads(shared, knobs, api_url, out_dir / "data.tsv", pid, out_dir / "raw", say)
 
@@ -141,10 +134,6 @@ def _subtitle(runs: list[Result], workers: int) -> str:
     loads = [float(r.fields["load1"].split("->")[0]) for r in runs if r.fields.get("load1", "").count("->") == 1]
     load = f", load1 {min(loads):.2f}-{max(loads):.2f}" if loads else ""
     return f"python -m app, {workers} Granian workers, ENVIRONMENT=production, {time.strftime('%Y-%m-%d')}{load}"
-
-
-def _interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _parser() -> argparse.ArgumentParser:

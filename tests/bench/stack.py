@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import asyncpg
 import httpx
@@ -23,6 +24,7 @@ from app.core.settings import Settings
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 90.0
 STOP_TIMEOUT = 20.0
+HEALTH = "/api/v1/health"
 ADMIN_USERNAME = "admin"
 ADMIN_PASSWORD = "!B3nchAdm1nP4ss!"
 TIER_NAME = "free"
@@ -47,8 +49,12 @@ class Target:
 
     @classmethod
     def from_env(cls) -> Target:
-        database = os.environ.get("BENCH_DATABASE", "bench_suite")
-        redis_db = int(os.environ.get("BENCH_REDIS_DB", "7"))
+        return cls.named(os.environ.get("BENCH_DATABASE", "bench_suite"), int(os.environ.get("BENCH_REDIS_DB", "7")))
+
+    @classmethod
+    def named(cls, database: str, redis_db: int) -> Target:
+        """``database`` and ``redis_db`` on the servers of this environment (``task soak`` uses its own pair, so it
+        can run beside ``task bench``)."""
         return cls(database, redis_db, Settings.from_env({**os.environ, "EMBEDDED": "false"}))
 
     def api_env(self, port: int, workers: int, log_file: Path, *, environment: str) -> dict[str, str]:
@@ -109,6 +115,34 @@ async def _drop_database(host: str, port: int, user: str, password: str, databas
         await connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     finally:
         await connection.close()
+
+
+@contextmanager
+def served_api(target: Target, out_dir: Path, workers: int) -> Iterator[tuple[str, int]]:
+    """``python -m app`` as ``task serve`` starts it (ENVIRONMENT=production, the default LOG_LEVEL) on a fresh
+    ``target``; yields its base URL and the supervisor's pid, and stops it when the block ends."""
+    target.reset(out_dir, workers)
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}"
+    env = target.api_env(port, workers, out_dir / "app.log", environment="production")
+    env.pop("LOG_LEVEL", None)  # the default level (INFO), as `task serve` runs it
+    command = [sys.executable, "-m", "app"]
+    with served(
+        command, cwd=PROJECT_ROOT / "src", env=env, log_file=out_dir / "server.log", url=api_url + HEALTH
+    ) as pid:
+        yield api_url, pid
+
+
+def interrupt_on_signals() -> None:
+    """A ``kill`` (or a closed terminal) stops what the process started, like Ctrl+C does (also when started in the
+    background, where the shell would have it ignore SIGINT): every one raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def free_port() -> int:
