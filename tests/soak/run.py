@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 
 from tests.bench import harness
+from tests.bench.run import say
 from tests.bench.stack import ADMIN_PASSWORD, ADMIN_USERNAME, BenchError, Target, interrupt_on_signals, served_api
 from tests.soak.process_tree import Sampler
 from tests.soak.results import BASELINE_MINUTE, Minute, SoakResultError, Summary, parse_wrk
@@ -58,11 +59,6 @@ class Plan:
         if connections < 1 or minute_seconds < 1 or workers < 1:
             raise BenchError("SOAK_CONNECTIONS, --minute-seconds and --workers must be at least 1")
         return cls(minutes, connections, minute_seconds, workers)
-
-
-def say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
