@@ -72,6 +72,7 @@ class AuthController(Controller):
         attempt = await login_throttle.admit(request, data.username)
         tokens = await auth_service.login(data.username, data.password)
         if tokens is None:
+            await login_throttle.failed(request, attempt)
             raise NotAuthorizedException(WRONG_CREDENTIALS)
         await login_throttle.succeeded(request, attempt)
         return _token_response(tokens, token_codec)

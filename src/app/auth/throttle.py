@@ -8,10 +8,12 @@ Two counters, each with a window of ``LOGIN_FAILURE_WINDOW`` seconds from its fi
 - per client address over all accounts (``LOGIN_MAX_FAILURES_PER_ADDRESS``): spraying one password over many
   accounts is stopped too.
 
-An attempt reserves one failure on both counters *before* the password is verified (one atomic script, checked
-and counted together), so parallel attempts on any number of workers are admitted exactly up to the limit; a
-successful login gives its reservation back and clears its account counter. Unknown accounts count like known
-ones: the same 401, the same 429, nothing reveals whether the account exists (notes §C4).
+An attempt reserves one failure on its account counter *before* the password is verified (one atomic script that
+also checks the address counter), so parallel guesses at one account on any number of workers are admitted exactly
+up to the limit; a successful login clears that counter. The address counter counts only verified failures:
+in-flight logins never use it up, so many users behind one address (a NAT, a proxy) log in at once unhindered,
+and a burst of parallel guesses over many accounts overshoots it by at most the burst. Unknown accounts count like
+known ones: the same 401, the same 429, nothing reveals whether the account exists (notes §C4).
 
 The counters live in the rate-limit Redis under ``ratelimit:login:``. When it is unreachable, login fails closed
 (notes §D3), unlike the general limiter (SPEC §5.7): the same limits are counted in this process instead, with an
@@ -48,7 +50,7 @@ LOGIN_THROTTLE = "login_throttle"
 LOCAL_CAPACITY = 10_000
 
 # KEYS: the (account, address) counter, the address counter. ARGV: their limits, the window in seconds.
-# Returns {seconds to wait (0: admitted), count 1, count 2}.
+# Checks both, reserves a failure on the first. Returns {seconds to wait (0: admitted), count 1, count 2}.
 _RESERVE = """
 local counts, wait = {}, 0
 for i, key in ipairs(KEYS) do
@@ -60,32 +62,29 @@ for i, key in ipairs(KEYS) do
   end
 end
 if wait == 0 then
-  for i, key in ipairs(KEYS) do
-    counts[i] = redis.call('INCR', key)
-    if counts[i] == 1 then redis.call('EXPIRE', key, ARGV[3]) end
-  end
+  counts[1] = redis.call('INCR', KEYS[1])
+  if counts[1] == 1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 end
 return {wait, counts[1], counts[2]}
 """
-# A success: the account counter is cleared, the address counter gets its reservation back (never below 0, and
-# DECR keeps the TTL). Clearing the address counter instead would let a sprayer reset it with an account of theirs.
-_RELEASE = """
-redis.call('DEL', KEYS[1])
-if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
-return 0
+# A verified failure on the address counter. KEYS: the address counter; ARGV: the window. Returns the count.
+_FAILED = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return count
 """
 
 
 @dataclass(frozen=True, slots=True)
 class LoginAttempt:
-    """An admitted attempt: the counters it reserved a failure on."""
+    """An admitted attempt: its counters (a failure is reserved on the first)."""
 
     keys: tuple[str, str]  # (account and address, address)
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    wait: int  # seconds until the attempt would be admitted; 0: admitted (and counted)
+    wait: int  # seconds until the attempt would be admitted; 0: admitted (and counted on its account)
     counts: tuple[int, int]
 
 
@@ -112,16 +111,22 @@ class LocalCounts:
         ]
         if waits:
             return Verdict(max(1, *waits), (current[0][0], current[1][0]))
-        for key, (count, expires) in zip(keys, current, strict=True):
-            self.entries[key] = (count + 1, expires if count else now + window)
-        return Verdict(0, (current[0][0] + 1, current[1][0] + 1))
+        self._increment(keys[0], current[0], now, window)
+        return Verdict(0, (current[0][0] + 1, current[1][0]))
 
-    def release(self, keys: tuple[str, str]) -> None:
-        account, address = keys
+    def failed(self, address: str, window: int) -> int:
+        now = time.monotonic()
+        entry = self._live(address, now)
+        return self._increment(address, entry, now, window)
+
+    def release(self, account: str) -> None:
         self.entries.pop(account, None)
-        count, expires = self._live(address, time.monotonic())
-        if count > 0:
-            self.entries[address] = (count - 1, expires)
+
+    def _increment(self, key: str, entry: tuple[int, float], now: float, window: int) -> int:
+        count, expires = entry
+        # A live entry keeps its place and expiry; a new one (``_live`` removed an expired one) goes to the back.
+        self.entries[key] = (count + 1, expires if count else now + window)
+        return count + 1
 
     def _live(self, key: str, now: float) -> tuple[int, float]:
         """The entry of ``key`` if its window is still running; an expired one is removed (it would sit out of
@@ -158,24 +163,42 @@ class LoginThrottle:
         verdict = await self._reserve(connection.app, attempt)
         if verdict.wait:
             raise TooManyRequestsException(LOGIN_THROTTLED, headers={"Retry-After": str(verdict.wait)})
-        for name, count, limit in zip(("account", "address"), verdict.counts, self.limits, strict=True):
-            if count == limit:  # logged once per lockout, not for every refused attempt
-                logger.warning("failed login limit reached", limit=name, address=address, window=self.window)
+        if verdict.counts[0] == self.limits[0]:  # logged once per lockout, not for every refused attempt
+            logger.warning("failed login limit reached", limit="account", address=address, window=self.window)
         return attempt
 
+    async def failed(self, connection: ASGIConnection[Any, Any, Any, Any], attempt: LoginAttempt | None) -> None:
+        """The attempt was a wrong password (or no such account): it counts on the address too."""
+        if attempt is None:
+            return
+        address_key = attempt.keys[1]
+        count: int | None = None
+        try:
+            client = self._redis(connection.app)
+            if client is not None:
+                async with bounded():
+                    count = int(await self._scripts_of(client).failed(keys=[address_key], args=[self.window]))
+        except (RedisError, OSError) as error:
+            _log_unavailable(error)
+        if count is None:
+            count = self.local.failed(address_key, self.window)
+        if count == self.limits[1]:
+            address = address_key.rsplit(":", 1)[-1]
+            logger.warning("failed login limit reached", limit="address", address=address, window=self.window)
+
     async def succeeded(self, connection: ASGIConnection[Any, Any, Any, Any], attempt: LoginAttempt | None) -> None:
-        """The attempt was a successful login: its failure was never one."""
+        """The attempt was a successful login: its reserved failure was never one."""
         if attempt is None:
             return
         try:
             client = self._redis(connection.app)
             if client is not None:
                 async with bounded():
-                    await self._scripts_of(client).release(keys=list(attempt.keys))
+                    await client.delete(attempt.keys[0])
                 return
         except (RedisError, OSError) as error:
             _log_unavailable(error)
-        self.local.release(attempt.keys)
+        self.local.release(attempt.keys[0])
 
     async def _reserve(self, app: Litestar, attempt: LoginAttempt) -> Verdict:
         try:
@@ -205,7 +228,7 @@ class LoginThrottle:
         ``register_script`` runs EVALSHA and reloads the script after SCRIPT FLUSH or a restart (NOSCRIPT).
         """
         if self._scripts is None or self._scripts.client is not client:
-            self._scripts = _Scripts(client, client.register_script(_RESERVE), client.register_script(_RELEASE))
+            self._scripts = _Scripts(client, client.register_script(_RESERVE), client.register_script(_FAILED))
         return self._scripts
 
 
@@ -213,7 +236,7 @@ class LoginThrottle:
 class _Scripts:
     client: Redis
     reserve: Any  # redis-py's AsyncScript
-    release: Any
+    failed: Any
 
 
 def _log_unavailable(error: Exception) -> None:
