@@ -209,7 +209,7 @@ def transaction_handler(session_scope_key: str, after_commit: AfterCommit | None
                 logger.exception("commit failed", path=scope.get("path"))
                 _answer_unavailable(message, scope)
                 return
-        if after_commit is not None:
+        if after_commit is not None and scope.get("method") not in SAFE_METHODS:  # a read invalidates nothing
             await after_commit(scope, session)
 
     return handler
