@@ -3,6 +3,7 @@ must add up every worker's counts; and the Grafana dashboard queries only metric
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import httpx
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from saq.queue.redis import RedisQueue
@@ -27,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.__main__ import MULTIPROC_DIR, metrics_directory
 from app.core.metrics import mark_dead_workers
 from app.core.queue import QUEUE_NAME
+from app.core.request_metrics import FLUSH_SECONDS
 from app.core.settings import Settings
 from app.main import create_app
 from app.users.models import User
@@ -113,6 +116,50 @@ async def test_one_route_with_many_ids_is_one_path_label(client: Client) -> None
     assert (
         value(after, "litestar_requests_total", **counted) - value(before, "litestar_requests_total", **counted) == 100
     )
+
+
+async def test_batched_counts_match_what_each_request_observed(client: Client) -> None:
+    """Counted in the process, written in batches: the histogram's buckets, count and sum still add up, and the
+    in-progress gauge is back to zero."""
+    before = await scrape(client)
+    for _ in range(30):
+        assert (await client.get(HEALTH)).status_code == 200
+    after = await scrape(client)
+    labels = {"method": "GET", "path": HEALTH, "status_code": "200"}
+
+    def delta(name: str, **extra: str) -> float:
+        return value(after, name, **labels, **extra) - value(before, name, **labels, **extra)
+
+    assert delta("litestar_requests_total") == 30
+    assert delta("litestar_request_duration_seconds_count") == 30
+    assert delta("litestar_request_duration_seconds_bucket", le="+Inf") == 30
+    assert 0 < delta("litestar_request_duration_seconds_sum") < 30  # seconds: each request well under one
+    buckets = sorted(
+        (float(dict(found)["le"]), count)
+        for (name, found), count in after.items()
+        if name == "litestar_request_duration_seconds_bucket" and dict(found)["path"] == HEALTH
+    )
+    assert [count for _, count in buckets] == sorted(count for _, count in buckets)  # cumulative
+    in_progress = {"method": "GET", "path": HEALTH}
+    assert value(after, "litestar_requests_in_progress", **in_progress) == 0
+
+
+async def test_counts_are_written_within_the_flush_interval_without_a_scrape(
+    client: Client, settings: Settings
+) -> None:
+    def written() -> float:
+        labels = {"method": "GET", "path": HEALTH, "status_code": "200", "app_name": settings.app.name}
+        return REGISTRY.get_sample_value("litestar_requests_total", labels) or 0.0
+
+    await scrape(client)  # writes what is pending
+    start = written()
+    assert (await client.get(HEALTH)).status_code == 200
+    assert written() == start  # counted in the process, not written yet
+    for _ in range(30):  # three seconds at most: FLUSH_SECONDS is 1
+        if written() == start + 1:
+            break
+        await asyncio.sleep(0.1)
+    assert written() == start + 1
 
 
 async def test_metrics_is_public_no_store_undocumented_and_not_counted(client: Client) -> None:
@@ -271,8 +318,17 @@ def requests_per_worker(directory: Path, path: str) -> dict[int, float]:
     return counts
 
 
+def written_within_a_flush(directory: Path, total: float) -> None:
+    """Each worker writes its counts in batches: all of them are in the files within FLUSH_SECONDS (and a bit)."""
+    deadline = time.monotonic() + 3 * FLUSH_SECONDS
+    while sum(requests_per_worker(directory, HEALTH).values()) < total and time.monotonic() < deadline:
+        time.sleep(FLUSH_SECONDS / 10)
+    assert sum(requests_per_worker(directory, HEALTH).values()) == total
+
+
 def test_one_scrape_adds_up_every_worker(server: tuple[LiveServer, Path]) -> None:
     running, directory = server
+    time.sleep(1.5 * FLUSH_SECONDS)  # the readiness checks' counts are written by now
     before = value(samples(httpx.get(f"{running.base_url}/metrics").text), "litestar_requests_total", path=HEALTH)
     sent = 0
     with ThreadPoolExecutor(8) as pool:
@@ -281,6 +337,7 @@ def test_one_scrape_adds_up_every_worker(server: tuple[LiveServer, Path]) -> Non
             statuses = list(pool.map(lambda _: httpx.get(f"{running.base_url}{HEALTH}").status_code, range(40)))
             assert statuses == [200] * 40
             sent += 40
+            written_within_a_flush(directory, before + sent)
     per_worker = [count for count in requests_per_worker(directory, HEALTH).values() if count]
 
     after = value(samples(httpx.get(f"{running.base_url}/metrics").text), "litestar_requests_total", path=HEALTH)
