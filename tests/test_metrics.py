@@ -27,7 +27,7 @@ from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.__main__ import MULTIPROC_DIR, metrics_directory
-from app.core.metrics import mark_dead_workers
+from app.core.metrics import DURATION_BUCKETS, mark_dead_workers
 from app.core.queue import QUEUE_NAME
 from app.core.request_metrics import FLUSH_SECONDS
 from app.core.settings import Settings
@@ -118,14 +118,14 @@ async def test_one_route_with_many_ids_is_one_path_label(client: Client) -> None
     )
 
 
-async def test_batched_counts_match_what_each_request_observed(client: Client) -> None:
+async def test_batched_counts_match_what_each_request_observed(client: Client, settings: Settings) -> None:
     """Counted in the process, written in batches: the histogram's buckets, count and sum still add up, and the
     in-progress gauge is back to zero."""
     before = await scrape(client)
     for _ in range(30):
         assert (await client.get(HEALTH)).status_code == 200
     after = await scrape(client)
-    labels = {"method": "GET", "path": HEALTH, "status_code": "200"}
+    labels = {"method": "GET", "path": HEALTH, "status_code": "200", "app_name": settings.app.name}
 
     def delta(name: str, **extra: str) -> float:
         return value(after, name, **labels, **extra) - value(before, name, **labels, **extra)
@@ -137,10 +137,11 @@ async def test_batched_counts_match_what_each_request_observed(client: Client) -
     buckets = sorted(
         (float(dict(found)["le"]), count)
         for (name, found), count in after.items()
-        if name == "litestar_request_duration_seconds_bucket" and dict(found)["path"] == HEALTH
+        if name == "litestar_request_duration_seconds_bucket" and set(labels.items()) <= found
     )
+    assert len(buckets) == len(DURATION_BUCKETS) + 1  # one series: every bound and +Inf
     assert [count for _, count in buckets] == sorted(count for _, count in buckets)  # cumulative
-    in_progress = {"method": "GET", "path": HEALTH}
+    in_progress = {"method": "GET", "path": HEALTH, "app_name": settings.app.name}
     assert value(after, "litestar_requests_in_progress", **in_progress) == 0
 
 
