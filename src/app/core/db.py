@@ -24,7 +24,7 @@ from advanced_alchemy.extensions.litestar._utils import get_aa_scope_state, set_
 from advanced_alchemy.types import DateTimeUTC
 from litestar.datastructures import MutableScopeHeaders, State
 from litestar.types import BeforeMessageSendHookHandler, HTTPResponseStartEvent, Message, Scope
-from sqlalchemy import event, text
+from sqlalchemy import ColumnElement, event, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
@@ -114,6 +114,19 @@ async def save_unique(session: AsyncSession, apply: Callable[[], None]) -> bool:
             raise
         return False
     return True
+
+
+async def lock_row(session: AsyncSession, row: Base, *still: ColumnElement[bool]) -> bool:
+    """Lock ``row`` for this transaction before changing it; ``False`` if it is gone or no longer matches ``still``.
+
+    The lookup that found ``row`` did not lock it: a concurrent request may have changed or deleted it since.
+    ``FOR UPDATE`` waits for that request to commit, and PostgreSQL then re-checks the conditions against the row as
+    committed, so of two racing writes the second answers as if sent after the first (never a 500 from an UPDATE
+    or DELETE that finds no row).
+    """
+    model = type(row)
+    statement = select(model.id).where(model.id == row.id, *still).with_for_update()
+    return await session.scalar(statement) is not None
 
 
 # Any constant: identifies "creating the tables" among PostgreSQL advisory locks.

@@ -8,11 +8,10 @@ from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.exceptions import NotFoundException
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.cache import format_key, format_pattern, invalidate_after_commit
-from app.core.db import utc_now
+from app.core.db import lock_row, utc_now
 from app.core.fields import is_db_id
 from app.core.schemas import Pagination
 from app.posts.models import Post
@@ -89,16 +88,9 @@ class PostService(SQLAlchemyAsyncRepositoryService[Post]):
         self._invalidate(author, post)
 
     async def _lock(self, post: Post, *, include_deleted: bool) -> None:
-        """Lock the post's row for this transaction, else the route's 404: it is gone, or soft-deleted where the
-        route excludes that.
-
-        The lookup that found ``post`` did not lock it: a concurrent request may have deleted it since. ``FOR
-        UPDATE`` waits for that request to commit, and PostgreSQL then re-checks the conditions against the row as
-        committed, so of two racing deletes only the first goes ahead and the other answers as if sent after it.
-        """
+        """``lock_row``, else the route's 404: the post is gone, or soft-deleted where the route excludes that."""
         still = [] if include_deleted else [Post.is_deleted.is_(False)]
-        statement = select(Post.id).where(Post.id == post.id, *still).with_for_update()
-        if await self.repository.session.scalar(statement) is None:
+        if not await lock_row(self.repository.session, post, *still):
             raise NotFoundException(POST_NOT_FOUND)
 
     def _invalidate(self, author: User, post: Post | None) -> None:

@@ -17,7 +17,7 @@ from litestar.exceptions import NotFoundException
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.db import save_unique, utc_now
+from app.core.db import lock_row, save_unique, utc_now
 from app.core.errors import UnprocessableError
 from app.core.fields import is_db_id, storable
 from app.core.paths import sanitize_path
@@ -36,17 +36,8 @@ _BY_ID = OrderBy(field_name="id", sort_order="asc")
 
 
 async def _lock_or_404(session: AsyncSession, row: Tier | RateLimit, detail: str, *still: ColumnElement[bool]) -> None:
-    """Lock ``row`` for this transaction before changing it, else 404 ``detail``: it is gone or no longer matches
-    ``still``.
-
-    The lookup that found ``row`` did not lock it: a concurrent request may have renamed or deleted it since.
-    ``FOR UPDATE`` waits for that request to commit, and PostgreSQL then re-checks the conditions against the row
-    as committed, so of two racing writes the second answers as if sent after the first (never a 500 from an
-    UPDATE or DELETE that finds no row).
-    """
-    model = type(row)
-    statement = select(model.id).where(model.id == row.id, *still).with_for_update()
-    if await session.scalar(statement) is None:
+    """``lock_row``, else 404 ``detail``: the row is gone or no longer matches ``still`` (renamed, deleted)."""
+    if not await lock_row(session, row, *still):
         raise NotFoundException(detail)
 
 

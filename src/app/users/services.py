@@ -12,7 +12,7 @@ from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.exceptions import NotAuthorizedException, NotFoundException
 from sqlalchemy import ColumnElement, Row, bindparam, exists, false, func, or_, select, true
 
-from app.core.db import save_unique, utc_now
+from app.core.db import lock_row, save_unique, utc_now
 from app.core.errors import USER_NOT_AUTHENTICATED, UnprocessableError
 from app.core.fields import storable
 from app.core.guards import ensure_owner
@@ -177,7 +177,7 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
 
     async def hard_delete(self, user: User) -> None:
         """The user's posts go with the row (ON DELETE CASCADE). A concurrent delete that won answers 404."""
-        if not await self._lock(user):
+        if not await lock_row(self.repository.session, user):
             raise NotFoundException(USER_NOT_FOUND)
         username = user.username
         await self.delete(user.id)
@@ -186,18 +186,8 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
     async def _lock_caller(self, user: User) -> None:
         """The owner routes (U5, U6) change the caller: a concurrent U6 or U7 that removed them first leaves this
         request where one sent after it would be, with a token that no longer authenticates (SPEC §3.5 check 6)."""
-        if not await self._lock(user, User.is_deleted.is_(False)):
+        if not await lock_row(self.repository.session, user, User.is_deleted.is_(False)):
             raise NotAuthorizedException(USER_NOT_AUTHENTICATED)
-
-    async def _lock(self, user: User, *still: ColumnElement[bool]) -> bool:
-        """Lock the user's row for this transaction; ``False`` if it is gone or no longer matches ``still``.
-
-        The lookup that found ``user`` did not lock it: a concurrent request may have changed or deleted the row
-        since. ``FOR UPDATE`` waits for that request to commit, and PostgreSQL then re-checks the conditions
-        against the row as committed, so only the first of two racing writes goes ahead.
-        """
-        statement = select(User.id).where(User.id == user.id, *still).with_for_update()
-        return await self.repository.session.scalar(statement) is not None
 
     async def tier_of(self, user: User) -> Tier | None:
         if user.tier_id is None:
