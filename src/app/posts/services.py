@@ -3,10 +3,10 @@ response-cache keys of the post routes (SPEC §6.3, §6.4)."""
 
 from __future__ import annotations
 
-from advanced_alchemy.extensions.litestar.providers import create_service_provider
 from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -102,4 +102,6 @@ class PostService(SQLAlchemyAsyncRepositoryService[Post]):
         )
 
 
-provide_posts = create_service_provider(PostService)
+async def provide_posts(db_session: NamedDependency[AsyncSession]) -> PostService:
+    """The ``posts`` dependency: a PostService on the request's session (and so its transaction)."""
+    return PostService(session=db_session)

@@ -8,11 +8,11 @@ from typing import Any
 import msgspec
 from advanced_alchemy.exceptions import ErrorMessages
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
-from advanced_alchemy.extensions.litestar.providers import create_service_provider
 from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -183,9 +183,14 @@ class RateLimitService(SQLAlchemyAsyncRepositoryService[RateLimit]):
         raise UnprocessableError(RATE_LIMIT_NAME_TAKEN)
 
 
-# The `tiers` and `rate_limits` dependencies: services on the request's session (and so its transaction).
-provide_tiers = create_service_provider(TierService)
-provide_rate_limits = create_service_provider(RateLimitService)
+async def provide_tiers(db_session: NamedDependency[AsyncSession]) -> TierService:
+    """The ``tiers`` dependency: a TierService on the request's session (and so its transaction)."""
+    return TierService(session=db_session)
+
+
+async def provide_rate_limits(db_session: NamedDependency[AsyncSession]) -> RateLimitService:
+    """The ``rate_limits`` dependency: a RateLimitService on the request's session (and so its transaction)."""
+    return RateLimitService(session=db_session)
 
 
 async def tier_rules(session: AsyncSession, tier_id: int) -> TierRules | None:

