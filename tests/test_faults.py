@@ -200,18 +200,21 @@ def assert_unavailable(response: httpx.Response) -> None:
 
 
 def database_routes(server: LiveServer) -> list[httpx.Response]:
-    """A read of two features and a write, each on its own connection (so either worker may answer)."""
+    """Reads of two features, a write, and a read sent straight with asyncpg (``FastRead``), each on its own
+    connection (so either worker may answer)."""
     url = f"{server.base_url}/api/v1"
     body = {"name": "New", "username": "newcomer", "email": "new@example.com", "password": PASSWORD}
     return [
         timed(httpx.get, f"{url}/users"),
         timed(httpx.get, f"{url}/tiers"),
         timed(httpx.post, f"{url}/user", json=body),
+        timed(httpx.get, f"{url}/user/newcomer"),
     ]
 
 
 def reads(server: LiveServer) -> list[int]:
-    return [timed(httpx.get, f"{server.base_url}/api/v1/{path}").status_code for path in ("users", "tiers")]
+    paths = ("users", "tiers", "user/newcomer")
+    return [timed(httpx.get, f"{server.base_url}/api/v1/{path}").status_code for path in paths]
 
 
 def health(server: LiveServer) -> httpx.Response:
@@ -226,7 +229,7 @@ async def test_an_unreachable_database_is_503_within_seconds_then_recovers(
         server = start_server(
             workers=2, POSTGRES_PORT=str(relay.port), DB__CONNECT_TIMEOUT="1", LOG_FILE_PATH=str(log_file)
         )
-        assert [response.status_code for response in database_routes(server)] == [200, 200, 201]
+        assert [response.status_code for response in database_routes(server)] == [200, 200, 201, 200]
 
         # A database that accepts connections and never answers: the pooled connections break, new ones time out.
         relay.cut(refuse=False)
@@ -240,16 +243,18 @@ async def test_an_unreachable_database_is_503_within_seconds_then_recovers(
         assert health(server).json()["name"]
 
         relay.restore()
-        wait_until(lambda: reads(server) == [200, 200], timeout=BOUND, what="reads answering again")
-        assert [reads(server) for _ in range(3)] == [[200, 200]] * 3
+        wait_until(lambda: reads(server) == [200, 200, 200], timeout=BOUND, what="reads answering again")
+        assert [reads(server) for _ in range(3)] == [[200, 200, 200]] * 3
     assert {line["event"] for line in logged(log_file, "error")} >= {"dependency unavailable"}
     assert_never_500(log_file)
 
 
+@pytest.mark.parametrize(("stuck_path", "status"), [("users", 200), ("user/nobody", 404)], ids=["session", "fast-read"])
 async def test_a_busy_pool_answers_503_and_a_lock_wait_ends_at_the_statement_timeout(
-    start_server: StartServer, settings: Settings
+    start_server: StartServer, settings: Settings, stuck_path: str, status: int
 ) -> None:
-    """One worker with one pooled connection (DB__POOL_SIZE=1): a request stuck behind a lock holds it."""
+    """One worker with one pooled connection (DB__POOL_SIZE=1): a request stuck behind a lock holds it, whether
+    its statement goes through the session or straight through asyncpg (U4's ``FastRead``)."""
     server = start_server(
         workers=1, DB__POOL_SIZE="1", DB__MAX_OVERFLOW="0", DB__CONNECT_TIMEOUT="1", DB__STATEMENT_TIMEOUT="3"
     )
@@ -261,7 +266,7 @@ async def test_a_busy_pool_answers_503_and_a_lock_wait_ends_at_the_statement_tim
         await transaction.start()
         await locker.execute('LOCK TABLE "user" IN ACCESS EXCLUSIVE MODE')
         with ThreadPoolExecutor(max_workers=1) as pool:
-            stuck = pool.submit(timed, httpx.get, f"{url}/users")
+            stuck = pool.submit(timed, httpx.get, f"{url}/{stuck_path}")
             waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = $2"
             name = settings.db.name
             # pg_stat_activity is one snapshot per transaction: the locker's own would never change.
@@ -273,7 +278,7 @@ async def test_a_busy_pool_answers_503_and_a_lock_wait_ends_at_the_statement_tim
         assert await observer.fetchval(waiting, name, "Lock") == 0  # PostgreSQL stopped the statement too
         assert timed(httpx.get, f"{url}/tiers").status_code == 200  # the connection is back in the pool
         await transaction.rollback()
-        assert timed(httpx.get, f"{url}/users").status_code == 200
+        assert timed(httpx.get, f"{url}/{stuck_path}").status_code == status
     finally:
         await locker.close()
         await observer.close()

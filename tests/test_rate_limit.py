@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
+import asyncpg
 import httpx
 import pytest
 import redis
 import redis.asyncio.connection
+from asyncpg.prepared_stmt import PreparedStatement
 from litestar import Litestar, Request
 from litestar.testing import AsyncTestClient
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.rate_limit import Counted, Decision, Hit, MemoryCounter, RulesMissing, TierRules, client_address
@@ -264,11 +265,21 @@ async def test_a_limited_request_costs_one_redis_round_trip_and_no_database_quer
         await original(self, command, check_health)
 
     monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "send_packed_command", counting)
+    # Statements where asyncpg sends them: SQLAlchemy's (prepared) and the FastReads of GET requests.
     statements: list[str] = []
+    fetch, fetchrow = PreparedStatement.fetch, asyncpg.Connection.fetchrow
+
+    async def counted_fetch(statement: PreparedStatement, *args: Any, **kwargs: Any) -> Any:
+        statements.append(statement.get_query())
+        return await fetch(statement, *args, **kwargs)
+
+    async def counted_fetchrow(connection: asyncpg.Connection[Any], query: str, *args: Any, **kwargs: Any) -> Any:
+        statements.append(query)
+        return await fetchrow(connection, query, *args, **kwargs)
+
+    monkeypatch.setattr(PreparedStatement, "fetch", counted_fetch)
+    monkeypatch.setattr(asyncpg.Connection, "fetchrow", counted_fetchrow)
     async with limited() as client:
-        app: Litestar = client.app
-        engine = app.state.alchemy.get_engine()
-        event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
         auth = await log_in(client, "ann")
         await client.get("/probe/private", headers=auth)  # first use: the script is loaded, the rules too
         sent.clear()

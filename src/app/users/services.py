@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from advanced_alchemy.exceptions import ErrorMessages
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
@@ -18,7 +19,8 @@ from app.core.errors import USER_NOT_AUTHENTICATED, UnprocessableError
 from app.core.fields import storable
 from app.core.guards import ensure_owner
 from app.core.passwords import hash_password
-from app.core.schemas import Pagination, to_struct
+from app.core.rows import FastRead
+from app.core.schemas import Pagination
 from app.posts.services import invalidate_user_posts
 from app.tiers.models import RateLimit, Tier
 from app.users.models import User
@@ -39,13 +41,13 @@ def named(identifier: str) -> ColumnElement[bool]:
 
 
 # U4 is the hottest public read: one statement, built once, of only the response's columns, read into the response
-# without an ORM object. The routes that go on to use the user (owner checks, writes, tiers) load the whole row.
-# Table columns, not the model's attributes: a Core statement skips the ORM's compile and loading steps (measured
-# ~20 % less CPU per statement).
+# without an ORM object and sent straight with asyncpg (`FastRead`). The routes that go on to use the user (owner
+# checks, writes, tiers) load the whole row. Table columns, not the model's attributes: a Core statement skips the
+# ORM's compile and loading steps (measured ~20 % less CPU per statement, U2 below).
 _USERS = User.__table__.c
 _PROFILE_COLUMNS = tuple(_USERS[field] for field in UserRead.__struct_fields__)
-_PROFILE_BY_USERNAME = select(*_PROFILE_COLUMNS).where(
-    _USERS.username == bindparam("username"), _USERS.is_deleted.is_(False)
+_PROFILE_BY_USERNAME = FastRead(
+    select(*_PROFILE_COLUMNS).where(_USERS.username == bindparam("username"), _USERS.is_deleted.is_(False))
 )
 # U2, the same way: one page of profiles and, in the same statement, the count of all of them (PostgreSQL runs
 # the uncorrelated subquery once). Only a page past the end, which has no row to carry it, counts on its own.
@@ -80,10 +82,10 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
         """U4: the profile of a user that is not deleted, else 404."""
         row = None
         if storable(username):
-            row = (await self.repository.session.execute(_PROFILE_BY_USERNAME, {"username": username})).first()
+            row = await _PROFILE_BY_USERNAME.first(self.repository.session, {"username": username})
         if row is None:
             raise NotFoundException(USER_NOT_FOUND)
-        return to_struct(row, UserRead)
+        return msgspec.convert(dict(row), UserRead)
 
     async def get_for_owner(self, username: str, caller: User, *, include_deleted: bool = True) -> User:
         """Owner routes (SPEC §1.2): 404 when there is no such user (soft-deleted included unless
