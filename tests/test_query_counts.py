@@ -177,10 +177,11 @@ async def test_w6_create_post_is_the_token_check_and_one_insert_in_one_transacti
     client: Client, ann_auth: dict[str, str], round_trips: RoundTrips
 ) -> None:
     """Four round trips: SPEC §3.5's token check (a query on every authenticated request, so that revocation
-    never fails open) and BEGIN, INSERT, COMMIT. The owner check reuses the caller the token check just loaded."""
+    never fails open; sent before the transaction begins) and BEGIN, INSERT, COMMIT. The owner check reuses the
+    caller the token check just loaded into the session."""
     assert (await client.get("/api/v1/user/me/", headers=ann_auth)).status_code == 200  # a read on the connection first
     trips = await counted(client, round_trips, "POST", "/api/v1/ann/post", json=POST_BODY, headers=ann_auth)
-    assert trips == ["BEGIN", TOKEN_CHECK, "INSERT post", "COMMIT"]
+    assert trips == [TOKEN_CHECK, "BEGIN", "INSERT post", "COMMIT"]
 
 
 async def test_a_write_that_fails_rolls_back(
@@ -188,7 +189,7 @@ async def test_a_write_that_fails_rolls_back(
 ) -> None:
     await make_user("bob")
     trips = await counted(client, round_trips, "POST", "/api/v1/bob/post", json=POST_BODY, headers=ann_auth)
-    assert trips == ["BEGIN", TOKEN_CHECK, "SELECT user", "ROLLBACK"]  # 403: bob is not the caller
+    assert trips == [TOKEN_CHECK, "BEGIN", "SELECT user", "ROLLBACK"]  # 403: bob is not the caller
 
 
 async def test_a_write_whose_commit_fails_answers_503_and_keeps_nothing(

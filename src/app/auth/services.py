@@ -13,14 +13,15 @@ from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
-from sqlalchemy import ColumnElement, Select, bindparam, delete, exists, or_, select
+from sqlalchemy import ColumnElement, bindparam, delete, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.util import identity_key
 
 from app.auth.models import TokenBlacklist
 from app.core.db import save_unique, utc_now
 from app.core.passwords import verify_password
-from app.core.rows import FastRead, reads_outside_transaction
+from app.core.rows import FastRead, is_autocommit
 from app.core.security import AppToken, IssuedToken, TokenCodec, TokenRejected, UserLoader
 from app.users.models import User
 from app.users.schemas import normalize_email
@@ -59,15 +60,7 @@ class BlacklistService(SQLAlchemyAsyncRepositoryService[TokenBlacklist]):
         return int(getattr(result, "rowcount", 0) or 0)
 
 
-def _token_user_statement(subject: InstrumentedAttribute[str]) -> Select[tuple[User, bool]]:
-    revoked = exists().where(or_(TokenBlacklist.token == bindparam("jti"), TokenBlacklist.token == bindparam("fid")))
-    return select(User, revoked).where(
-        User.id == bindparam("uid"), subject == bindparam("sub"), User.is_deleted.is_(False)
-    )
-
-
-def _fast_token_user_statement(subject: ColumnElement[str]) -> FastRead:
-    """The same check of table columns, for GET and HEAD (``FastRead``): the user they load is only read."""
+def _token_user_statement(subject: ColumnElement[str]) -> FastRead:
     revoked = exists().where(or_(TokenBlacklist.token == bindparam("jti"), TokenBlacklist.token == bindparam("fid")))
     users = User.__table__.c
     return FastRead(
@@ -79,10 +72,8 @@ def _fast_token_user_statement(subject: ColumnElement[str]) -> FastRead:
 
 # Built once: this query runs on every authenticated request, and building it per request cost ~10 % of one.
 _REVOKED = "revoked"
-_TOKEN_USER_BY_USERNAME = _token_user_statement(User.username)
-_TOKEN_USER_BY_EMAIL = _token_user_statement(User.email)
-_FAST_TOKEN_USER_BY_USERNAME = _fast_token_user_statement(User.__table__.c.username)
-_FAST_TOKEN_USER_BY_EMAIL = _fast_token_user_statement(User.__table__.c.email)
+_TOKEN_USER_BY_USERNAME = _token_user_statement(User.__table__.c.username)
+_TOKEN_USER_BY_EMAIL = _token_user_statement(User.__table__.c.email)
 
 
 async def token_user(session: AsyncSession, token: AppToken) -> User:
@@ -102,22 +93,20 @@ async def token_user(session: AsyncSession, token: AppToken) -> User:
         "jti": jti,
         "fid": token.fid or jti,
     }
-    if await reads_outside_transaction(session):
-        # A GET or HEAD: the user is only read, so it need not join the session (a transient copy of the row).
-        fast = _FAST_TOKEN_USER_BY_EMAIL if by_email else _FAST_TOKEN_USER_BY_USERNAME
-        columns = await fast.first(session, parameters)
-        if columns is None:
-            raise TokenRejected("unknown user")
-        if columns[_REVOKED]:
-            raise TokenRejected("revoked")
-        return User(**{name: value for name, value in columns.items() if name != _REVOKED})
-    # A write: the user joins the session, so the handler's own lookups and changes of it need no statement.
-    row = (await session.execute(statement, parameters)).first()
-    if row is None:
+    columns = await statement.first(session, parameters)
+    if columns is None:
         raise TokenRejected("unknown user")
-    if row[1]:
+    if columns[_REVOKED]:
         raise TokenRejected("revoked")
-    user: User = row[0]
+    user = User(**{name: value for name, value in columns.items() if name != _REVOKED})
+    if not await is_autocommit(session):
+        # A write: the user joins the session as loaded, so the handler's own lookups and changes of it need no
+        # statement (GET and HEAD only read it).
+        make_transient_to_detached(user)
+        loaded: User | None = session.identity_map.get(identity_key(User, user.id))
+        if loaded is not None:
+            return loaded  # already in this session: the ORM would also answer that object
+        session.add(user)
     return user
 
 

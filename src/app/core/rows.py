@@ -4,12 +4,13 @@ SQLAlchemy's execution path (the greenlet hand-off, the adapted cursor, result a
 more CPU than PostgreSQL's answer to a one-row read: on a GET, ``/user/me/`` spent as much in it as in everything
 else. A ``FastRead`` is one Core statement, compiled once, whose first row comes back as a mapping of column
 names. On PostgreSQL it is sent as SQL with ``$n`` parameters through asyncpg, on the session's own connection (same
-pool, same statement timeout); anywhere else (SQLite in embedded mode) the session executes the statement as usual.
+pool, same statement timeout), whenever that connection is outside a transaction: always on GET and HEAD (their
+AUTOCOMMIT sessions, ``app.core.db.AlchemyConfig``), and as the first statement of a write, before SQLAlchemy sends
+its BEGIN (the token check: under READ COMMITTED each statement has its own snapshot anyway). Inside a transaction,
+and on any other database (SQLite in embedded mode), the session executes the statement as usual.
 
-Only AUTOCOMMIT connections (GET and HEAD requests, ``app.core.db.AlchemyConfig``) take the asyncpg path: a
-transaction's first statement must go through SQLAlchemy, which sends the BEGIN, and its rows belong in the
-session's identity map. Values are passed to asyncpg as they are: a statement whose parameters need SQLAlchemy's
-type processing is refused when it is built.
+Values are passed to asyncpg as they are: a statement whose parameters need SQLAlchemy's type processing is refused
+when it is built.
 """
 
 from __future__ import annotations
@@ -42,13 +43,15 @@ class FastRead:
         self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
 
     async def first(self, session: AsyncSession, values: Mapping[str, Any]) -> Mapping[Any, Any] | None:
-        if not await reads_outside_transaction(session):
+        connection = await session.connection()
+        driver: asyncpg.Connection[Any] | None = None
+        if connection.dialect.name == "postgresql":
+            driver = (await connection.get_raw_connection()).driver_connection
+        if driver is None or driver.is_in_transaction():
             row = (await session.execute(self.statement, values)).first()
             return row._mapping if row is not None else None
-        connection = await session.connection()
         if _ECHO.isEnabledFor(logging.INFO):  # DB__ECHO shows these statements like every other
             _ECHO.info("%s\n[FastRead: parameters hidden]", self.sql)
-        driver: asyncpg.Connection[Any] = (await connection.get_raw_connection()).driver_connection
         try:
             record: Mapping[Any, Any] | None = await driver.fetchrow(self.sql, *(values[name] for name in self.names))
         except asyncpg.PostgresError as error:  # the statement failed; the connection is fine unless it says so
@@ -63,12 +66,7 @@ class FastRead:
         return record
 
 
-async def reads_outside_transaction(session: AsyncSession) -> bool:
-    """Whether ``session`` is on an AUTOCOMMIT PostgreSQL connection, where ``FastRead`` uses asyncpg."""
-    connection = await session.connection()
-    sync = connection.sync_connection
-    return (
-        connection.dialect.name == "postgresql"
-        and sync is not None
-        and sync.get_execution_options().get("isolation_level") == _AUTOCOMMIT
-    )
+async def is_autocommit(session: AsyncSession) -> bool:
+    """Whether ``session`` is a GET or HEAD one, on an AUTOCOMMIT connection (``app.core.db.AlchemyConfig``)."""
+    sync = (await session.connection()).sync_connection
+    return sync is not None and sync.get_execution_options().get("isolation_level") == _AUTOCOMMIT

@@ -36,7 +36,7 @@ class PostController(Controller):
     ) -> PostRead:
         """Owner only; rate limited by the caller's tier."""
         author = await users.get_for_owner(username, request.user, include_deleted=False)
-        return to_struct(await posts.create_for(author, data), PostRead)
+        return await posts.create_for(author, data)
 
     @cache(key_prefix=POST_PAGES_KEY, resource_id_name="username", expiration=60, query_defaults=PAGINATION_DEFAULTS)
     @get("/posts", exclude_from_auth=True)
