@@ -2,15 +2,14 @@
 
 SQLAlchemy's execution path (the greenlet hand-off, the adapted cursor, result and row objects, ORM loading) costs
 more CPU than PostgreSQL's answer to a one-row read: on a GET, ``/user/me/`` spent as much in it as in everything
-else. A ``FastRead`` is one Core statement, compiled once, whose first row comes back as a mapping of column
-names. On PostgreSQL it is sent as SQL with ``$n`` parameters through asyncpg, on the session's own connection (same
-pool, same statement timeout), whenever that connection is outside a transaction: always on GET and HEAD (their
-AUTOCOMMIT sessions, ``app.core.db.AlchemyConfig``), and as the first statement of a write, before SQLAlchemy sends
-its BEGIN (the token check: under READ COMMITTED each statement has its own snapshot anyway). Inside a transaction,
-and on any other database (SQLite in embedded mode), the session executes the statement as usual.
+else. A ``FastRead`` is one Core statement, compiled once, whose first row comes back as a mapping of column names.
+On PostgreSQL it is sent as SQL with ``$n`` parameters through asyncpg on the session's own connection: same pool,
+same statement timeout, inside the session's transaction once that has begun. A write request's first statement
+(the token check) therefore runs just before SQLAlchemy sends its BEGIN; under READ COMMITTED every statement has its
+own snapshot anyway. On any other database (SQLite in embedded mode) the session executes the statement.
 
-Values are passed to asyncpg as they are: a statement whose parameters need SQLAlchemy's type processing is refused
-when it is built.
+Like any Core statement, a ``FastRead`` does not flush the session's pending ORM changes first. Values are passed to
+asyncpg as they are: a statement whose parameters need SQLAlchemy's type processing is refused when it is built.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ class FastRead:
         driver: asyncpg.Connection[Any] | None = None
         if connection.dialect.name == "postgresql":
             driver = (await connection.get_raw_connection()).driver_connection
-        if driver is None or driver.is_in_transaction():
+        if driver is None:
             row = (await session.execute(self.statement, values)).first()
             return row._mapping if row is not None else None
         if _ECHO.isEnabledFor(logging.INFO):  # DB__ECHO shows these statements like every other
