@@ -48,7 +48,7 @@ async def test_an_autocommit_read_goes_through_asyncpg_and_reads_what_the_sessio
 ) -> None:
     await make_user("ann")
     async with async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))() as session:
-        assert await is_autocommit(session)
+        assert is_autocommit(session)
         fast = await BY_USERNAME.first(session, {"username": "ann"})
         assert fetchrows == [BY_USERNAME.sql]
         expected = (await session.execute(BY_USERNAME.statement, {"username": "ann"})).one()._mapping
@@ -62,7 +62,7 @@ async def test_in_a_write_it_runs_before_the_begin_then_inside_the_transaction(
 ) -> None:
     ann = await make_user("ann")
     async with async_sessionmaker(engine, expire_on_commit=False)() as session:
-        assert not await is_autocommit(session)
+        assert not is_autocommit(session)
         assert (await BY_USERNAME.first(session, {"username": "ann"}) or {})["id"] == ann.id  # before the BEGIN
         (await session.get_one(User, ann.id)).name = "Renamed"
         await session.flush()  # the transaction's own, uncommitted change
@@ -80,4 +80,4 @@ async def test_a_parameter_that_needs_type_processing_is_refused_when_built() ->
 
 
 async def test_a_session_without_autocommit_is_not_taken_for_one(db_session: AsyncSession) -> None:
-    assert not await is_autocommit(db_session)
+    assert not is_autocommit(db_session)

@@ -99,7 +99,7 @@ async def token_user(session: AsyncSession, token: AppToken) -> User:
     if columns[_REVOKED]:
         raise TokenRejected("revoked")
     user = User(**{name: value for name, value in columns.items() if name != _REVOKED})
-    if not await is_autocommit(session):
+    if not is_autocommit(session):
         # A write: the user joins the session as loaded, so the handler's own lookups and changes of it need no
         # statement (GET and HEAD only read it).
         make_transient_to_detached(user)

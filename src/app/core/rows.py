@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import Select
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 _AUTOCOMMIT = "AUTOCOMMIT"
 _ECHO = logging.getLogger("sqlalchemy.engine.Engine")  # where SQLAlchemy's own echo writes
@@ -65,7 +65,7 @@ class FastRead:
         return record
 
 
-async def is_autocommit(session: AsyncSession) -> bool:
-    """Whether ``session`` is a GET or HEAD one, on an AUTOCOMMIT connection (``app.core.db.AlchemyConfig``)."""
-    sync = (await session.connection()).sync_connection
-    return sync is not None and sync.get_execution_options().get("isolation_level") == _AUTOCOMMIT
+def is_autocommit(session: AsyncSession) -> bool:
+    """Whether ``session`` is a GET or HEAD one, bound to the AUTOCOMMIT view of the engine (``AlchemyConfig``)."""
+    bind = session.bind
+    return isinstance(bind, AsyncEngine) and bind.get_execution_options().get("isolation_level") == _AUTOCOMMIT
