@@ -2,8 +2,9 @@
 
 ``python -m app --reload`` is the development server used by ``task dev``; it binds 127.0.0.1 unless RUN__HOST
 says otherwise. This process only supervises: it imports the settings, not the application, so it stays small;
-each worker builds the app itself. It logs the startup line once, for all its workers, and gives them the directory
-where they share their Prometheus metrics (``metrics_directory``).
+each worker builds the app itself (``app.main:create_app``, the factory the ``litestar`` CLI loads too; the CLI's
+commands are only added when the CLI starts, so a worker never imports them). It logs the startup line once, for all
+its workers, and gives them the directory where they share their Prometheus metrics (``metrics_directory``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from granian import Granian
 from granian.constants import Interfaces
 
 from app.core.keys import load_signing_keys
-from app.core.logging import configure_logging, log_startup
 from app.core.settings import PROJECT_ROOT, Settings, SettingsError, exit_with, load_settings
 
 APP_FACTORY = "app.main:create_app"
@@ -36,6 +36,8 @@ _PRIVATE_PREFIX = "app-metrics-"  # + the supervisor's pid: a directory whose se
 
 def main() -> None:
     settings = load_settings()
+    if settings.app.environment != "local":
+        import_structlog_without_rich()
     try:
         load_signing_keys(settings.jwt)  # fail here, once, rather than in every Granian worker
     except SettingsError as exc:
@@ -45,6 +47,23 @@ def main() -> None:
         stop_booting_workers_at_once()
     with metrics_directory():
         serve(settings, reload=reload)
+
+
+def import_structlog_without_rich() -> None:
+    """structlog, without the rich it imports whenever rich is installed (Litestar's CLI needs it), along with pygments.
+
+    structlog uses rich for the tracebacks of its ConsoleRenderer, which only the local environment renders logs with
+    (app.core.logging); elsewhere it would be ~100 ms of import and ~5 MiB in this process and in every worker, forked
+    from it. While structlog is imported, rich is marked as not installed (``None`` in ``sys.modules``, the import
+    system's "not found"); the mark goes right after, so whatever imports rich later still gets it.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]
+    try:
+        import structlog  # noqa: F401, PLC0415
+    finally:
+        del sys.modules["rich"]
 
 
 def stop_booting_workers_at_once() -> None:
@@ -66,6 +85,9 @@ def stop_booting_workers_at_once() -> None:
 
 
 def serve(settings: Settings, *, reload: bool) -> None:
+    # Not at the top of the module: structlog must not be imported before `import_structlog_without_rich`.
+    from app.core.logging import configure_logging, log_startup  # noqa: PLC0415
+
     host = settings.server.bind_host(development=reload)
     server = Granian(
         APP_FACTORY,

@@ -1,8 +1,13 @@
-"""First-run commands (SPEC §12.2): ``litestar users create-superuser`` and ``litestar tiers create``.
+"""The project's ``litestar`` commands, added by ``app.main.CommandLinePlugin`` when the CLI starts (never in a server).
 
-Both are idempotent and reuse the services the API uses; they exit 1 with ``Error …: <reason>`` on bad
-input or a database error. ``ensure_superuser`` and ``ensure_tier`` are the same steps for ``python -m
-app.core.bootstrap``, which runs them in its own process.
+- ``litestar database …``: advanced-alchemy's migration commands on the app's database (``task migrate``);
+- ``litestar run``: Granian (litestar-granian) instead of uvicorn;
+- the first-run commands (SPEC §12.2), ``litestar users create-superuser`` and ``litestar tiers create``. Both are
+  idempotent and reuse the services the API uses; they exit 1 with ``Error …: <reason>`` on bad input or a database
+  error. ``ensure_superuser`` and ``ensure_tier`` are the same steps for ``python -m app.core.bootstrap``, which runs
+  them in its own process.
+
+``litestar workers …`` comes from the SAQ plugin itself (``app.core.queue``).
 """
 
 from __future__ import annotations
@@ -13,9 +18,12 @@ from collections.abc import Awaitable, Callable
 import click
 import msgspec
 import structlog
-from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
+from advanced_alchemy.cli import add_migration_commands
+from advanced_alchemy.config.asyncio import SQLAlchemyAsyncConfig
+from advanced_alchemy.utils.cli_tools import group
 from litestar import Litestar
-from litestar.plugins import CLIPluginProtocol
+from litestar.cli._utils import LitestarGroup
+from litestar_granian import GranianPlugin
 
 from app.core.db import session_scope
 from app.core.settings import FirstRunSettings, Settings
@@ -128,7 +136,20 @@ def create_tier(env: object, name: str | None) -> None:
     _run(lambda alchemy: ensure_tier(alchemy, tier_name), app, TIER_ERROR)
 
 
-class FirstRunCLIPlugin(CLIPluginProtocol):
-    def on_cli_init(self, cli: click.Group) -> None:
-        cli.add_command(users_group)
-        cli.add_command(tiers_group)
+# advanced-alchemy's own `database` group finds its config through its Litestar plugin, which the app does not use
+# (app.core.db.DatabasePlugin); this one is the same group on the app's config, with the same commands.
+@group(cls=LitestarGroup, name="database", aliases=["db"])
+def database_group(ctx: click.Context, app: Litestar) -> None:
+    """Manage SQLAlchemy database components."""
+    ctx.obj = {"app": ctx.obj, "configs": [app.state.alchemy]}
+
+
+add_migration_commands(database_group)
+
+
+def add_commands(cli: click.Group) -> None:
+    """The commands above on the ``litestar`` CLI (``app.main.CommandLinePlugin``)."""
+    cli.add_command(database_group)
+    GranianPlugin().on_cli_init(cli)
+    cli.add_command(users_group)
+    cli.add_command(tiers_group)

@@ -8,7 +8,6 @@ from typing import Any
 from uuid import uuid4
 
 import structlog
-from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.connection import ASGIConnection
@@ -19,7 +18,7 @@ from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 
 from app.auth.models import TokenBlacklist
-from app.core.db import save_unique, utc_now
+from app.core.db import AlchemyConfig, save_unique, utc_now
 from app.core.passwords import verify_password
 from app.core.rows import FastRead, is_autocommit
 from app.core.security import AppToken, IssuedToken, TokenCodec, TokenRejected, UserLoader
@@ -117,7 +116,7 @@ async def load_active_user(session: AsyncSession, token: AppToken) -> User | Non
         return None
 
 
-def request_user_loader(alchemy: SQLAlchemyAsyncConfig) -> UserLoader:
+def request_user_loader(alchemy: AlchemyConfig) -> UserLoader:
     """The authentication middleware's user lookup, in the request's own session: inside its transaction for a
     write, so the handler can reuse the user it loads; without one for GET and HEAD (``AlchemyConfig``), where the
     lookup is then the request's one round trip."""

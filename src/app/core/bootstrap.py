@@ -22,7 +22,7 @@ from typing import NoReturn
 
 import asyncpg
 import structlog
-from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
+from advanced_alchemy.config.asyncio import SQLAlchemyAsyncConfig
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection

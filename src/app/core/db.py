@@ -7,22 +7,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
 
 import msgspec
 import structlog
 from advanced_alchemy.base import IdentityBase, orm_registry
-from advanced_alchemy.extensions.litestar import (
-    AlembicAsyncConfig,
-    AsyncSessionConfig,
-    EngineConfig,
-    SQLAlchemyAsyncConfig,
-)
-
-# How the plugin keeps the request's session in the scope (its own before-send handlers use the same helper).
-from advanced_alchemy.extensions.litestar._utils import get_aa_scope_state, set_aa_scope_state
+from advanced_alchemy.config.asyncio import AlembicAsyncConfig, AsyncSessionConfig, SQLAlchemyAsyncConfig
+from advanced_alchemy.config.engine import EngineConfig
 from advanced_alchemy.types import DateTimeUTC
+from litestar import Litestar
+from litestar.config.app import AppConfig
 from litestar.datastructures import MutableScopeHeaders, State
+from litestar.di import Provide
+from litestar.plugins import InitPluginProtocol
 from litestar.types import BeforeMessageSendHookHandler, HTTPResponseStartEvent, Message, Scope
 from sqlalchemy import ColumnElement, event, select, text
 from sqlalchemy.exc import IntegrityError
@@ -139,9 +135,24 @@ SAFE_METHODS = frozenset({"GET", "HEAD"})
 _AUTOCOMMIT = "autocommit"  # the ``Session.info`` flag of a GET or HEAD session
 
 
+# Where the app keeps the database (advanced-alchemy's names): the engine and the session maker in the app's state,
+# the request's session in the request's scope state (a copy per request), the dependency that hands it out.
+ENGINE_STATE_KEY = "db_engine"
+SESSION_MAKER_STATE_KEY = "session_maker_class"
+SESSION_DEPENDENCY = "db_session"
+_REQUEST_SESSION = "_db_session"
+
+
+def request_session(scope: Scope, *, pop: bool = False) -> AsyncSession | None:
+    """The session a request opened, if any (``pop``: and forget it)."""
+    state = scope.setdefault("state", {})
+    session: AsyncSession | None = state.pop(_REQUEST_SESSION, None) if pop else state.get(_REQUEST_SESSION)
+    return session
+
+
 class AlchemyConfig(SQLAlchemyAsyncConfig):
-    """advanced-alchemy's config, with read-only requests outside a transaction and workers taking turns to
-    create missing tables (DB__CREATE_TABLES_ON_START).
+    """advanced-alchemy's framework-agnostic config, with read-only requests outside a transaction and workers
+    taking turns to create missing tables (DB__CREATE_TABLES_ON_START).
 
     A request's session is created by whoever needs it first (the auth middleware's token check, a guard, a
     handler's dependency). For GET and HEAD it is bound to an AUTOCOMMIT view of the engine (same pool): asyncpg
@@ -155,15 +166,16 @@ class AlchemyConfig(SQLAlchemyAsyncConfig):
     """
 
     def provide_session(self, state: State, scope: Scope) -> AsyncSession:
-        session: AsyncSession | None = get_aa_scope_state(scope, self.session_scope_key)
+        session = request_session(scope)
         if session is not None:
             return session
-        if scope.get("method") not in SAFE_METHODS or self._autocommit_engine is None:
-            return super().provide_session(state, scope)
-        # SQLAlchemy's way to one session's isolation level: its own bind, a view of the engine with the option.
-        session_maker: async_sessionmaker[AsyncSession] = state[self.session_maker_app_state_key]
-        session = session_maker(bind=self._autocommit_engine, info={_AUTOCOMMIT: True})
-        set_aa_scope_state(scope, self.session_scope_key, session)
+        session_maker: async_sessionmaker[AsyncSession] = state[SESSION_MAKER_STATE_KEY]
+        if scope.get("method") in SAFE_METHODS and self._autocommit_engine is not None:
+            # SQLAlchemy's way to one session's isolation level: its own bind, a view of the engine with the option.
+            session = session_maker(bind=self._autocommit_engine, info={_AUTOCOMMIT: True})
+        else:
+            session = session_maker()
+        scope.setdefault("state", {})[_REQUEST_SESSION] = session
         return session
 
     @cached_property
@@ -173,7 +185,7 @@ class AlchemyConfig(SQLAlchemyAsyncConfig):
             return None
         return engine.execution_options(isolation_level="AUTOCOMMIT")
 
-    async def create_all_metadata(self, app: Any) -> None:
+    async def create_all_metadata(self) -> None:
         async with self.get_engine().begin() as connection:
             if connection.dialect.name == "postgresql":
                 await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATE_ALL_LOCK})
@@ -183,11 +195,47 @@ class AlchemyConfig(SQLAlchemyAsyncConfig):
 AfterCommit = Callable[[Scope, AsyncSession | None], Awaitable[None]]
 """Runs once a request's transaction committed, before its response is sent (the response cache's invalidation)."""
 
+
+class DatabasePlugin(InitPluginProtocol):
+    """The database in the app, as advanced-alchemy's ``SQLAlchemyPlugin`` would wire it, without that plugin's
+    package: importing it also loads Alembic and the Litestar CLI (click, rich), ~10 MiB and ~250 ms in every
+    Granian worker. The migration commands (``litestar database …``) are added by the CLI alone (``app.cli``).
+
+    The engine and session maker go into the app's state at startup (missing tables created first when
+    ``config.create_all``), the engine is disposed at shutdown; ``db_session`` is the request's session
+    (``AlchemyConfig.provide_session``); the transaction ends before the response is sent (``transaction_handler``).
+    """
+
+    __slots__ = ("after_commit", "config")
+
+    def __init__(self, config: AlchemyConfig, *, after_commit: AfterCommit | None = None) -> None:
+        self.config = config
+        self.after_commit = after_commit
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        app_config.lifespan.append(self.lifespan)
+        app_config.dependencies[SESSION_DEPENDENCY] = Provide(self.config.provide_session, sync_to_thread=False)
+        app_config.before_send.append(transaction_handler(self.after_commit))
+        app_config.signature_namespace["AsyncSession"] = AsyncSession
+        return app_config
+
+    @asynccontextmanager
+    async def lifespan(self, app: Litestar) -> AsyncIterator[None]:
+        engine = self.config.get_engine()
+        app.state.update({ENGINE_STATE_KEY: engine, SESSION_MAKER_STATE_KEY: self.config.create_session_maker()})
+        try:
+            if self.config.create_all:
+                await self.config.create_all_metadata()
+            yield
+        finally:
+            await engine.dispose()
+
+
 _COMMIT_FAILED = "commit_failed"
 _COMMIT_FAILED_BODY = msgspec.json.encode({"status_code": 503, "detail": "Service Unavailable"})
 
 
-def transaction_handler(session_scope_key: str, after_commit: AfterCommit | None) -> BeforeMessageSendHookHandler:
+def transaction_handler(after_commit: AfterCommit | None) -> BeforeMessageSendHookHandler:
     """SPEC §1.6: commit when the response status is below 400, roll back otherwise, then close the session.
 
     advanced-alchemy's ``autocommit`` handler does the same, but logs a failed commit at DEBUG and still sends the
@@ -201,15 +249,15 @@ def transaction_handler(session_scope_key: str, after_commit: AfterCommit | None
             try:
                 await end_transaction(message, scope)
             finally:
-                await _close(scope, session_scope_key)
+                await _close(scope)
         elif message["type"] == "http.response.body" and scope.get("state", {}).get(_COMMIT_FAILED):
             message["body"] = b"" if scope["state"][_COMMIT_FAILED] == "sent" else _COMMIT_FAILED_BODY
             scope["state"][_COMMIT_FAILED] = "sent"
         elif message["type"] in {"http.disconnect", "websocket.disconnect", "websocket.close"}:
-            await _close(scope, session_scope_key)
+            await _close(scope)
 
     async def end_transaction(message: HTTPResponseStartEvent, scope: Scope) -> None:
-        session: AsyncSession | None = get_aa_scope_state(scope, session_scope_key)
+        session = request_session(scope)
         if message["status"] >= 400:
             if session is not None:
                 await session.rollback()
@@ -237,8 +285,8 @@ def _answer_unavailable(message: HTTPResponseStartEvent, scope: Scope) -> None:
     scope.setdefault("state", {})[_COMMIT_FAILED] = "pending"
 
 
-async def _close(scope: Scope, session_scope_key: str) -> None:
-    session: AsyncSession | None = get_aa_scope_state(scope, session_scope_key, pop=True)
+async def _close(scope: Scope) -> None:
+    session = request_session(scope, pop=True)
     if session is None:
         return
     try:
@@ -247,8 +295,8 @@ async def _close(scope: Scope, session_scope_key: str) -> None:
         logger.warning("session close failed", path=scope.get("path"), exc_info=True)
 
 
-def build_alchemy_config(settings: Settings, after_commit: AfterCommit | None = None) -> SQLAlchemyAsyncConfig:
-    """One request = one transaction, committed below 400 and rolled back otherwise (SPEC §1.6)."""
+def build_alchemy_config(settings: Settings) -> AlchemyConfig:
+    """The database of ``settings``: the app's (``DatabasePlugin``), the CLI's and the queue worker's."""
     if settings.embedded:
         engine = EngineConfig(hide_parameters=True)
     else:
@@ -275,12 +323,9 @@ def build_alchemy_config(settings: Settings, after_commit: AfterCommit | None = 
             script_location=str(MIGRATIONS_DIR),
             version_table_name="alembic_version",
         ),
-        # Errors are mapped to the SPEC §1.3 envelope by app.core.errors.
-        set_default_exception_handler=False,
         # TimestampColumns already sets updated_at on update; the listener would also set it on insert.
         enable_touch_updated_timestamp_listener=False,
     )
-    config.before_send_handler = transaction_handler(config.session_scope_key, after_commit)
     if settings.embedded:
         settings.db.embedded_path.parent.mkdir(parents=True, exist_ok=True)
         event.listen(config.get_engine().sync_engine, "connect", _enable_sqlite_foreign_keys)

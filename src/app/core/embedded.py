@@ -10,8 +10,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from alembic import command
-from alembic.config import Config
 from anyio import to_thread
 from litestar import Litestar
 
@@ -20,6 +18,10 @@ from app.core.settings import Settings
 
 
 def migrate_to_head(database_url: str) -> None:
+    # Imported here: the app imports this module in every mode, and only embedded mode migrates at startup.
+    from alembic import command  # noqa: PLC0415
+    from alembic.config import Config  # noqa: PLC0415
+
     config = Config(str(ALEMBIC_INI))
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["database_url"] = database_url

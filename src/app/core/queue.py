@@ -23,7 +23,6 @@ from functools import partial
 from typing import Any, cast
 
 import structlog
-from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from litestar import Litestar, Router
 from litestar.datastructures import ResponseHeader
 from litestar.exceptions import LitestarDeprecationWarning, ServiceUnavailableException
@@ -41,7 +40,7 @@ from saq.queue.redis import RedisQueue
 from saq.types import Context, Function, ReceivesContext, VersionTuple
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.db import build_alchemy_config, session_scope
+from app.core.db import AlchemyConfig, build_alchemy_config, session_scope
 from app.core.docs import script_hash
 from app.core.openapi import DocsAccess
 from app.core.security_headers import CONTENT_SECURITY_POLICY
@@ -79,7 +78,7 @@ class JobContext(Context, total=False):
 
     db: UnitOfWork
     """``async with ctx["db"]() as session:`` one fresh unit of work (commit on success, rollback on error)."""
-    alchemy: SQLAlchemyAsyncConfig
+    alchemy: AlchemyConfig
 
 
 class WorkerQueue(RedisQueue):

@@ -7,7 +7,6 @@ from typing import Any
 
 import msgspec
 from advanced_alchemy.exceptions import ErrorMessages
-from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
@@ -17,7 +16,7 @@ from litestar.exceptions import NotFoundException
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.db import lock_row, save_unique, utc_now
+from app.core.db import AlchemyConfig, lock_row, save_unique, utc_now
 from app.core.errors import UnprocessableError
 from app.core.fields import is_db_id, storable
 from app.core.paths import sanitize_path
@@ -206,7 +205,7 @@ async def tier_rules(session: AsyncSession, tier_id: int) -> TierRules | None:
     return TierRules(rows[0].name, {row.path: (row.limit, row.period) for row in rows if row.path is not None})
 
 
-def request_rules_loader(alchemy: SQLAlchemyAsyncConfig) -> RulesLoader:
+def request_rules_loader(alchemy: AlchemyConfig) -> RulesLoader:
     """The rate limiter's rules lookup, in the request's own session."""
 
     async def load(connection: ASGIConnection[Any, Any, Any, Any], tier_id: int) -> TierRules | None:
