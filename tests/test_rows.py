@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -20,6 +21,8 @@ pytestmark = pytest.mark.anyio
 
 USERS = User.__table__.c
 BY_USERNAME = FastRead(select(*USERS).where(USERS.username == bindparam("username")))
+BACKEND = FastRead(select(func.pg_backend_pid().label("pid")))
+SLEEP = FastRead(select(func.pg_sleep(literal_column("30"))))
 
 
 @pytest.fixture
@@ -71,6 +74,33 @@ async def test_in_a_write_it_runs_before_the_begin_then_inside_the_transaction(
         await session.rollback()
     async with async_sessionmaker(engine)() as session:
         assert (await BY_USERNAME.first(session, {"username": "ann"}) or {})["name"] == "Ann"
+
+
+async def test_a_connection_that_dies_mid_read_never_goes_back_to_the_pool(settings: Settings) -> None:
+    engine = create_async_engine(settings.database_url, pool_size=1, max_overflow=0)
+    sessions = async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+    admin = await asyncpg.connect(settings.database_url.replace("+asyncpg", ""))
+    try:
+        async with sessions() as session:
+            pid = (await BACKEND.first(session, {}) or {})["pid"]
+            sleeping = asyncio.ensure_future(SLEEP.first(session, {}))
+            await _wait_until_asleep(admin, pid)
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)  # the server ends the connection
+            with pytest.raises(asyncpg.PostgresError):
+                await sleeping
+        async with sessions() as session:  # the pool's one connection: a new one, working
+            assert (await BACKEND.first(session, {}) or {})["pid"] != pid
+    finally:
+        await admin.close()
+        await engine.dispose()
+
+
+async def _wait_until_asleep(admin: asyncpg.Connection[Any], pid: int) -> None:
+    for _ in range(200):
+        if await admin.fetchval("SELECT wait_event FROM pg_stat_activity WHERE pid = $1", pid) == "PgSleep":
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the read never started")
 
 
 async def test_a_parameter_that_needs_type_processing_is_refused_when_built() -> None:

@@ -53,14 +53,11 @@ class FastRead:
             _ECHO.info("%s\n[FastRead: parameters hidden]", self.sql)
         try:
             record: Mapping[Any, Any] | None = await driver.fetchrow(self.sql, *(values[name] for name in self.names))
-        except asyncpg.PostgresError as error:  # the statement failed; the connection is fine unless it says so
-            if isinstance(error, asyncpg.PostgresConnectionError):
-                await connection.invalidate(error)
-            raise
         except BaseException as error:
-            # Closed, timed out or cancelled mid-exchange: never hand the connection back to the pool (SQLAlchemy
-            # invalidates it the same way when this happens inside its own execute).
-            await connection.invalidate(error if isinstance(error, Exception) else None)
+            # A statement PostgreSQL refused leaves the connection usable; one closed, timed out or cancelled
+            # mid-exchange must never go back to the pool (SQLAlchemy invalidates it the same way in its execute).
+            if driver.is_closed() or not isinstance(error, asyncpg.PostgresError):
+                await connection.invalidate(error if isinstance(error, Exception) else None)
             raise
         return record
 
