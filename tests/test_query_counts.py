@@ -173,31 +173,45 @@ async def test_w3_w4_cached_post_reads_touch_no_database(
 # --- writes: one transaction, committed below 400 (SPEC §1.6) ------------------------------------------------
 
 
-async def test_w6_create_post_is_the_token_check_and_one_insert_in_one_transaction(
+async def test_w6_create_post_is_the_token_check_and_one_insert_outside_a_transaction(
     client: Client, ann_auth: dict[str, str], round_trips: RoundTrips
 ) -> None:
-    """Four round trips: SPEC §3.5's token check (a query on every authenticated request, so that revocation
-    never fails open; sent before the transaction begins) and BEGIN, INSERT, COMMIT. The owner check reuses the
-    caller the token check just loaded into the session."""
+    """Two round trips: SPEC §3.5's token check (a query on every authenticated request, so that revocation
+    never fails open) and the INSERT, atomic on its own (``ONE_STATEMENT``: no BEGIN, no COMMIT). The owner check
+    reuses the caller the token check just loaded."""
     assert (await client.get("/api/v1/user/me/", headers=ann_auth)).status_code == 200  # a read on the connection first
+    assert (await client.get("/api/v1/ann/posts")).json()["total_count"] == 0  # cached: the page must be invalidated
     trips = await counted(client, round_trips, "POST", "/api/v1/ann/post", json=POST_BODY, headers=ann_auth)
-    assert trips == [TOKEN_CHECK, "BEGIN", "INSERT post", "COMMIT"]
+    assert trips == [TOKEN_CHECK, "INSERT post"]
+    titles = [post["title"] for post in (await client.get("/api/v1/ann/posts")).json()["data"]]
+    assert titles == ["Counted", "Counted"]
+
+
+async def test_a_one_statement_write_refused_before_its_statement_stores_nothing(
+    client: Client, make_user: MakeUser, ann_auth: dict[str, str], round_trips: RoundTrips
+) -> None:
+    await make_user("bob")
+    trips = await counted(client, round_trips, "POST", "/api/v1/bob/post", json=POST_BODY, headers=ann_auth)
+    assert trips == [TOKEN_CHECK, "SELECT user"]  # 403: bob is not the caller
+    assert (await client.get("/api/v1/bob/posts")).json()["total_count"] == 0
 
 
 async def test_a_write_that_fails_rolls_back(
     client: Client, make_user: MakeUser, ann_auth: dict[str, str], round_trips: RoundTrips
 ) -> None:
     await make_user("bob")
-    trips = await counted(client, round_trips, "POST", "/api/v1/bob/post", json=POST_BODY, headers=ann_auth)
+    path = "/api/v1/bob/post/1"
+    trips = await counted(client, round_trips, "PATCH", path, json={"title": "Not yours"}, headers=ann_auth)
     assert trips == [TOKEN_CHECK, "BEGIN", "SELECT user", "ROLLBACK"]  # 403: bob is not the caller
 
 
 async def test_a_write_whose_commit_fails_answers_503_and_keeps_nothing(
     client: Client, ann_auth: dict[str, str], round_trips: RoundTrips
 ) -> None:
+    created = await client.post("/api/v1/ann/post", json=POST_BODY, headers=ann_auth)
+    path = f"/api/v1/ann/post/{created.json()['id']}"
     round_trips.fail_commit = True
-    response = await client.post("/api/v1/ann/post", json=POST_BODY, headers=ann_auth)
+    response = await client.patch(path, json={"title": "Never stored"}, headers=ann_auth)
     assert (response.status_code, response.json()) == (503, {"status_code": 503, "detail": "Service Unavailable"})
     round_trips.fail_commit = False
-    page = await client.get("/api/v1/ann/posts")
-    assert (page.status_code, page.json()["data"]) == (200, [])
+    assert (await client.get(path)).json()["title"] == POST_BODY["title"]

@@ -132,7 +132,13 @@ _CREATE_ALL_LOCK = 0x4C69_7465_7374
 # RFC 9110 §9.2.1: requests that must not change anything. No GET or HEAD route writes (a write there would not
 # be atomic: each statement commits on its own).
 SAFE_METHODS = frozenset({"GET", "HEAD"})
-_AUTOCOMMIT = "autocommit"  # the ``Session.info`` flag of a GET or HEAD session
+_AUTOCOMMIT = "autocommit"  # the ``Session.info`` flag of a session outside a transaction
+
+ONE_STATEMENT = "one_statement"
+"""Route ``opt`` flag of a write whose only change is one statement, its last (P1's ``INSERT … RETURNING``): its
+session runs outside a transaction like a GET's, since a single statement is atomic on its own; the BEGIN and COMMIT
+round trips around it are saved. Nothing after that statement may fail, or the client would get an error for a row
+that is stored (mapping the returned row to the response is fine); the cache invalidation still runs once it is in."""
 
 
 # Where the app keeps the database (advanced-alchemy's names): the engine and the session maker in the app's state,
@@ -158,8 +164,9 @@ class AlchemyConfig(SQLAlchemyAsyncConfig):
     handler's dependency). For GET and HEAD it is bound to an AUTOCOMMIT view of the engine (same pool): asyncpg
     then sends no BEGIN before the first statement and no COMMIT after the last, so a one-statement read is one
     round trip instead of three. That gives up nothing under PostgreSQL's READ COMMITTED, where every statement
-    takes its own snapshot inside a transaction too. Every other method keeps one transaction per request.
-    SQLite (embedded mode) sends no BEGIN before a read anyway and keeps the plain session.
+    takes its own snapshot inside a transaction too. So is a write route flagged ``ONE_STATEMENT``; every other
+    write keeps one transaction per request. SQLite (embedded mode) sends no BEGIN before a read anyway and keeps
+    the plain session.
 
     Granian starts its workers at once: two ``create_all`` on an empty PostgreSQL database would create the
     same table, and one worker would crash on a unique violation in ``pg_type``.
@@ -170,7 +177,7 @@ class AlchemyConfig(SQLAlchemyAsyncConfig):
         if session is not None:
             return session
         session_maker: async_sessionmaker[AsyncSession] = state[SESSION_MAKER_STATE_KEY]
-        if scope.get("method") in SAFE_METHODS and self._autocommit_engine is not None:
+        if self._autocommit_engine is not None and _outside_transaction(scope):
             # SQLAlchemy's way to one session's isolation level: its own bind, a view of the engine with the option.
             session = session_maker(bind=self._autocommit_engine, info={_AUTOCOMMIT: True})
         else:
@@ -190,6 +197,14 @@ class AlchemyConfig(SQLAlchemyAsyncConfig):
             if connection.dialect.name == "postgresql":
                 await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATE_ALL_LOCK})
             await connection.run_sync(metadata.create_all)
+
+
+def _outside_transaction(scope: Scope) -> bool:
+    """GET and HEAD, and the writes of one statement (``ONE_STATEMENT``)."""
+    if scope.get("method") in SAFE_METHODS:
+        return True
+    handler = scope.get("route_handler")
+    return handler is not None and bool(handler.opt.get(ONE_STATEMENT))
 
 
 AfterCommit = Callable[[Scope, AsyncSession | None], Awaitable[None]]

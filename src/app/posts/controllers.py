@@ -9,6 +9,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 
 from app.core.cache import cache
+from app.core.db import ONE_STATEMENT
 from app.core.guards import requires_superuser
 from app.core.rate_limit import rate_limit
 from app.core.schemas import PAGINATION_DEFAULTS, Message, Page, Pagination, to_struct
@@ -25,7 +26,8 @@ class PostController(Controller):
     tags = ["posts"]
     dependencies = {"posts": Provide(provide_posts), "users": Provide(provide_users)}
 
-    @post("/post", guards=[rate_limit], security=BEARER)
+    # One INSERT is the whole write: sent outside a transaction (no BEGIN/COMMIT round trips), see ONE_STATEMENT.
+    @post("/post", guards=[rate_limit], security=BEARER, opt={ONE_STATEMENT: True})
     async def create_post(
         self,
         username: FromPath[str],

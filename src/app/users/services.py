@@ -19,7 +19,7 @@ from app.core.errors import USER_NOT_AUTHENTICATED, UnprocessableError
 from app.core.fields import storable
 from app.core.guards import ensure_owner
 from app.core.passwords import hash_password
-from app.core.rows import FastRead
+from app.core.rows import FastRead, is_autocommit
 from app.core.schemas import Pagination
 from app.posts.services import invalidate_user_posts
 from app.tiers.models import RateLimit, Tier
@@ -90,9 +90,11 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
     async def get_for_owner(self, username: str, caller: User, *, include_deleted: bool = True) -> User:
         """Owner routes (SPEC §1.2): 404 when there is no such user (soft-deleted included unless
         ``include_deleted=False``, as on the post routes), then 403 when it is not the caller."""
-        if username == caller.username and caller in self.repository.session:
-            # The token check loaded the caller in this session (and transaction) moments ago, existing and not
-            # deleted (SPEC §3.5 check 6): the lookup would return this same object. One statement less per write.
+        session = self.repository.session
+        if username == caller.username and (caller in session or is_autocommit(session)):
+            # The token check loaded the caller in this session moments ago, existing and not deleted (SPEC §3.5
+            # check 6): the lookup would return this same row (in a transaction, this same object; outside one,
+            # nothing changes it through the ORM). One statement less per write.
             return caller
         user = await self.get_by_username(username, include_deleted=include_deleted)
         ensure_owner(user.username, caller)
