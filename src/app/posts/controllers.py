@@ -20,11 +20,18 @@ from app.users.models import User
 from app.users.services import UserService, provide_users
 
 
+async def provide_posts_after_users(users: NamedDependency[UserService]) -> PostService:
+    """``posts`` on the session of ``users``, so Litestar resolves the two one after the other: dependencies of one
+    level are resolved concurrently, in an anyio task group per request (~4 % of a post write's CPU here, for two
+    services that only wrap the request's session)."""
+    return await provide_posts(users.repository.session)
+
+
 class PostController(Controller):
     # `{id:str}` with an `int` parameter, as in the rate-limit routes: a non-integer id is SPEC §1.3's 422.
     path = "/{username:str}"
     tags = ["posts"]
-    dependencies = {"posts": Provide(provide_posts), "users": Provide(provide_users)}
+    dependencies = {"posts": Provide(provide_posts_after_users), "users": Provide(provide_users)}
 
     # One INSERT is the whole write: sent outside a transaction (no BEGIN/COMMIT round trips), see ONE_STATEMENT.
     @post("/post", guards=[rate_limit], security=BEARER, opt={ONE_STATEMENT: True})
