@@ -14,11 +14,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from app.core.settings import Settings
 from tests.servers import free_port
 
 LITESTAR = str(Path(sys.executable).parent / "litestar")
@@ -71,6 +73,9 @@ def worker_modules(env: dict[str, str], project_root: Path, tmp_path: Path) -> l
         "GRANIAN__WORKERS": "1",
         "GRANIAN__TIMEOUT": "5",
         "WORKER_MODULES_REPORT": str(report),
+        # How production serves (`python -OO`), given here: the launcher would otherwise exec `python -OO -m app`
+        # itself (optimize_in_production) and this script's report hook would be gone.
+        "PYTHONOPTIMIZE": "2",
     }
     log = tmp_path / "server.log"
     with log.open("wb") as output:
@@ -145,3 +150,37 @@ def test_the_cli_reads_the_migrations_of_the_app(test_env: dict[str, str], proje
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "(head)" in output
+
+
+@pytest.mark.parametrize(
+    ("environment", "reload", "optimize", "execs"),
+    [
+        ("production", False, None, True),
+        ("production", False, "0", False),
+        ("production", True, None, False),
+        ("staging", False, None, False),
+        ("local", False, None, False),
+    ],
+)
+def test_production_serves_as_python_oo_unless_pythonoptimize_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+    settings_with: Callable[..., Settings],
+    environment: str,
+    reload: bool,
+    optimize: str | None,
+    execs: bool,
+) -> None:
+    """Docstrings and asserts out of every worker's code (~6 MiB each); staging keeps the docstrings its API docs
+    show, and an operator's PYTHONOPTIMIZE (even 0) is final. The launcher execs itself: same pid, not serving yet."""
+    from app.__main__ import optimize_in_production  # noqa: PLC0415 - the launcher, imported by no other test
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(os, "execv", lambda _path, args: seen.append(args))
+    monkeypatch.setattr(sys, "argv", ["app/__main__.py", "--reload"] if reload else ["app/__main__.py"])
+    if optimize is None:
+        monkeypatch.delenv("PYTHONOPTIMIZE", raising=False)
+    else:
+        monkeypatch.setenv("PYTHONOPTIMIZE", optimize)
+    optimize_in_production(settings_with(ENVIRONMENT=environment), reload=reload)
+    flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    assert seen == ([[sys.executable, *flags, "-OO", "-m", "app"]] if execs else [])

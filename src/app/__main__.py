@@ -13,6 +13,7 @@ import gc
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -36,17 +37,35 @@ _PRIVATE_PREFIX = "app-metrics-"  # + the supervisor's pid: a directory whose se
 
 def main() -> None:
     settings = load_settings()
+    reload = "--reload" in sys.argv[1:]
+    optimize_in_production(settings, reload=reload)
     if settings.app.environment != "local":
         import_structlog_without_rich()
     try:
         load_signing_keys(settings.jwt)  # fail here, once, rather than in every Granian worker
     except SettingsError as exc:
         exit_with(exc)
-    reload = "--reload" in sys.argv[1:]
     if sys.platform != "win32":
         stop_booting_workers_at_once()
     with metrics_directory():
         serve(settings, reload=reload)
+
+
+def optimize_in_production(settings: Settings, *, reload: bool) -> None:
+    """Production serves as ``python -OO -m app``: this process, not yet serving, becomes that interpreter (same pid).
+
+    ``-OO`` drops docstrings and asserts from every module's code: ~6 MiB less in each Granian worker, forked from
+    this process. Nothing in production reads them: docstrings are only the API docs' operation descriptions, and
+    production serves no docs (SPEC §8); no assert here or in the stack decides anything. ``task install``, ``task
+    bytecode`` and the image compile the ``-OO`` bytecode too. A ``PYTHONOPTIMIZE`` set by the operator (also ``0``)
+    is left as it is.
+    """
+    if settings.app.environment != "production" or reload:
+        return
+    if sys.flags.optimize >= 2 or "PYTHONOPTIMIZE" in os.environ:
+        return
+    flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]  # -X, -W, … as given
+    os.execv(sys.executable, [sys.executable, *flags, "-OO", "-m", "app", *sys.argv[1:]])  # noqa: S606 - this interpreter
 
 
 def import_structlog_without_rich() -> None:
