@@ -21,10 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from granian import Granian
-from granian.constants import Interfaces
-
-from app.core.keys import load_signing_keys
+# Only the settings at import: in production this process execs itself as `python -OO` once it has read them
+# (`optimize_in_production`), and everything imported before that would be imported twice. Granian and the key
+# check come after.
 from app.core.settings import PROJECT_ROOT, Settings, SettingsError, exit_with, load_settings
 
 APP_FACTORY = "app.main:create_app"
@@ -41,6 +40,8 @@ def main() -> None:
     optimize_in_production(settings, reload=reload)
     if settings.app.environment != "local":
         import_structlog_without_rich()
+    from app.core.keys import load_signing_keys  # noqa: PLC0415 - after the exec of production (see the imports)
+
     try:
         load_signing_keys(settings.jwt)  # fail here, once, rather than in every Granian worker
     except SettingsError as exc:
@@ -105,6 +106,9 @@ def stop_booting_workers_at_once() -> None:
 
 def serve(settings: Settings, *, reload: bool) -> None:
     # Not at the top of the module: structlog must not be imported before `import_structlog_without_rich`.
+    from granian import Granian  # noqa: PLC0415 - see the imports
+    from granian.constants import Interfaces  # noqa: PLC0415
+
     from app.core.logging import configure_logging, log_startup  # noqa: PLC0415
 
     host = settings.server.bind_host(development=reload)
