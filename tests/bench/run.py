@@ -1,5 +1,5 @@
 """``task bench``: W0–W8 against ``python -m app`` (2 Granian workers, ENVIRONMENT=production, default LOG_LEVEL) on
-this machine's PostgreSQL and Redis, then the bare-Litestar ceiling, then the ratios and a chart.
+this machine's PostgreSQL and Redis, the bare-Litestar ceiling right after W0 in each pass, then the ratios and a chart.
 
     task bench                                     # issue 12's run: 15 s per workload, 3 s warm-up
     DURATION=3 WORKLOADS="W0 W3" task bench        # a quick look
@@ -18,6 +18,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from tests.bench import harness
@@ -60,8 +63,7 @@ def bench(out_dir: Path | None, chart: Path | None, *, workers: int) -> int:
     harness.ensure_wrk(say)
     knobs = harness.Knobs.from_env()
     out_dir = out_dir or Path(tempfile.gettempdir()) / "litestar-bench" / time.strftime("%Y%m%dT%H%M%S")
-    raw_dir = out_dir / "raw"
-    raw_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     chart = chart or out_dir / "bench.svg"
     try:
         target = Target.from_env()
@@ -73,26 +75,58 @@ def bench(out_dir: Path | None, chart: Path | None, *, workers: int) -> int:
     )
     say(f"# load average at start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
 
-    runs = measure_api(shared, knobs, target, out_dir, workers)
-    ceiling_runs = measure_ceiling(shared, knobs, out_dir, workers)
+    with served_ceiling(out_dir, workers) as ceiling_url:
+        runs, ceiling_runs = measure(shared, knobs, target, ceiling_url, out_dir, workers)
     return report(runs, ceiling_runs, chart, expected=len(knobs.workloads.split()) * knobs.repeat, workers=workers)
 
 
-def measure_api(shared: Path, knobs: harness.Knobs, target: Target, out_dir: Path, workers: int) -> list[Result]:
-    """``python -m app`` as ``task serve`` starts it, on a fresh database, seeded through its API, under W0-W8."""
+def measure(
+    shared: Path, knobs: harness.Knobs, target: Target, ceiling_url: str, out_dir: Path, workers: int
+) -> tuple[list[Result], list[Result]]:
+    """``python -m app`` as ``task serve`` starts it, on a fresh database seeded through its API, under W0-W8; the
+    ceiling right after W0 in every pass (or at a pass's end without W0), so that ``W0/CEILING`` compares two runs a
+    few seconds apart: the machine's speed drifts by tens of percent within minutes."""
+    floor, rest = split_floor(knobs.workloads)
+    runs: list[Result] = []
+    ceiling_runs: list[Result] = []
     with served_api(target, out_dir, workers) as (api_url, pid):
-        harness.seed(shared, api_url, out_dir / "data.tsv", out_dir / "seed.log")
-        return harness.run_workloads(shared, knobs, api_url, out_dir / "data.tsv", pid, out_dir / "raw", say)
+        data = out_dir / "data.tsv"
+        harness.seed(shared, api_url, data, out_dir / "seed.log")
+        for run in range(1, knobs.repeat + 1):
+            if knobs.repeat > 1:
+                say(f"# pass {run} of {knobs.repeat}")
+            one_pass = replace(knobs, repeat=1)
+            raw_dir = out_dir / "raw" / f"pass{run}"
+            raw_dir.mkdir(parents=True, exist_ok=True)
+            for workloads in (floor, CEILING, rest) if floor else (rest, CEILING):
+                if workloads == CEILING:
+                    ceiling_runs += measure_ceiling(shared, one_pass, ceiling_url, raw_dir)
+                elif workloads:
+                    pass_knobs = replace(one_pass, workloads=workloads)
+                    runs += harness.run_workloads(shared, pass_knobs, api_url, data, pid, raw_dir, say)
+    return runs, ceiling_runs
 
 
-def measure_ceiling(shared: Path, knobs: harness.Knobs, out_dir: Path, workers: int) -> list[Result]:
-    """The bare-Litestar app on the same Granian settings, once the API is stopped; its ``CEILING`` lines."""
+def split_floor(workloads: str) -> tuple[str, str]:
+    """``"W0"`` (when asked for) and the other workloads, in their order."""
+    names = workloads.split()
+    return ("W0" if "W0" in names else ""), " ".join(name for name in names if name != "W0")
+
+
+@contextmanager
+def served_ceiling(out_dir: Path, workers: int) -> Iterator[str]:
+    """The bare-Litestar app on the same Granian settings, idle beside the API until its turn; yields its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "GRANIAN__WORKERS": str(workers)}
     command = [sys.executable, "-m", "tests.bench.ceiling_app", "--port", str(port)]
     with served(command, cwd=PROJECT_ROOT, env=env, log_file=out_dir / "ceiling.log", url=url + HEALTH):
-        results = harness.measure_ceiling(shared, knobs, url, out_dir / "raw")
+        yield url
+
+
+def measure_ceiling(shared: Path, knobs: harness.Knobs, url: str, raw_dir: Path) -> list[Result]:
+    """The ceiling's ``CEILING`` lines (one per repeat of ``knobs``), said as they come."""
+    results = harness.measure_ceiling(shared, knobs, url, raw_dir)
     for result in results:
         say(result.line)
     return results
