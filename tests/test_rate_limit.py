@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Container, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import replace
@@ -24,7 +24,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.rate_limit import Counted, Decision, Hit, MemoryCounter, RulesMissing, TierRules, client_address
-from app.core.settings import Settings
+from app.core.settings import Settings, TrustedProxies
 from app.main import create_app
 from app.tiers.models import RateLimit, Tier
 from tests.conftest import REDIS_DB, REDIS_HOST, REDIS_PORT, MakeUser
@@ -209,12 +209,14 @@ async def test_anonymous_callers_are_keyed_by_the_forwarded_address_only_from_a_
         (("10.0.0.1", 1), {}, frozenset({"10.0.0.1"}), "10.0.0.1"),
         (("10.0.0.1", 1), {"x-forwarded-for": "not an address"}, frozenset({"10.0.0.1"}), "10.0.0.1"),
         (("10.0.0.7", 1), {"x-forwarded-for": "203.0.113.1"}, frozenset({"10.0.0.1"}), "10.0.0.7"),
+        (("10.0.0.7", 1), {"x-forwarded-for": "203.0.113.1"}, TrustedProxies.parse("10.0.0.0/24"), "203.0.113.1"),
+        (("10.0.1.7", 1), {"x-forwarded-for": "203.0.113.1"}, TrustedProxies.parse("10.0.0.0/24"), "10.0.1.7"),
         (("10.0.0.7", 1), {"x-forwarded-for": "203.0.113.1"}, None, "203.0.113.1"),
         (None, {"x-forwarded-for": "203.0.113.1"}, None, "unknown"),
     ],
 )
 def test_client_address(
-    client: tuple[str, int] | None, headers: dict[str, str], trusted: frozenset[str] | None, expected: str
+    client: tuple[str, int] | None, headers: dict[str, str], trusted: Container[str] | None, expected: str
 ) -> None:
     scope: Any = {
         "type": "http",

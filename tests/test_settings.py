@@ -127,10 +127,19 @@ def test_startup_fails_with_one_line_naming_the_variable(variable: str, value: s
     assert "Traceback" not in result.stderr
 
 
-def test_forwarded_allow_ips_is_a_list_of_addresses_or_a_star() -> None:
-    assert Settings.from_env({}, env_file=None).app.trusted_proxies == frozenset({"127.0.0.1"})
-    listed = Settings.from_env({"FORWARDED_ALLOW_IPS": "10.0.0.2, ::1"}, env_file=None)
-    assert listed.app.trusted_proxies == frozenset({"10.0.0.2", "::1"})
+def test_forwarded_allow_ips_is_a_list_of_addresses_and_networks_or_a_star() -> None:
+    default = Settings.from_env({}, env_file=None).app.trusted_proxies
+    assert default is not None
+    assert "127.0.0.1" in default
+    assert "127.0.0.2" not in default
+    listed = Settings.from_env({"FORWARDED_ALLOW_IPS": "10.0.0.2, ::0001, 172.18.0.0/16, fd00::/8"}, env_file=None)
+    trusted = listed.app.trusted_proxies
+    assert trusted is not None
+    for peer in ("10.0.0.2", "::1", "172.18.0.1", "172.18.255.254", "fd00::5", "::ffff:172.18.3.4", "::ffff:10.0.0.2"):
+        assert peer in trusted, peer
+    for peer in ("10.0.0.3", "172.19.0.1", "fe80::1", "::2", "unix:/run/app.sock", "", "not an address"):
+        assert peer not in trusted, peer
     assert Settings.from_env({"FORWARDED_ALLOW_IPS": "*"}, env_file=None).app.trusted_proxies is None
-    with pytest.raises(SettingsError, match="FORWARDED_ALLOW_IPS"):
-        Settings.from_env({"FORWARDED_ALLOW_IPS": "nginx"}, env_file=None)
+    for invalid in ("nginx", "10.0.0.0/33", "10.0.0.1, fd00::/129"):
+        with pytest.raises(SettingsError, match="FORWARDED_ALLOW_IPS"):
+            Settings.from_env({"FORWARDED_ALLOW_IPS": invalid}, env_file=None)

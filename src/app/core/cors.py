@@ -8,6 +8,7 @@ origins, with credentials (the refresh cookie); an unlisted origin is never refl
 
 from __future__ import annotations
 
+from collections.abc import Container
 from functools import cache
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -79,7 +80,7 @@ def normalize_origin(value: str) -> str | None:
     return f"{scheme}://{host}" if port in (None, _DEFAULT_PORTS[scheme]) else f"{scheme}://{host}:{port}"
 
 
-def own_origin(connection: ASGIConnection[Any, Any, Any, Any], trusted: frozenset[str] | None) -> str | None:
+def own_origin(connection: ASGIConnection[Any, Any, Any, Any], trusted: Container[str] | None) -> str | None:
     """The API's origin as the browser sees it: from a trusted proxy (SPEC §5.3's rule) its ``X-Forwarded-Proto``
     and ``X-Forwarded-Host``, else the request's own scheme and ``Host``."""
     headers = connection.headers

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -336,7 +336,7 @@ def resolve(rules: TierRules, hit: Hit) -> tuple[tuple[int, int], str]:
     return hit.default, "default"
 
 
-def client_address(connection: ASGIConnection[Any, Any, Any, Any], trusted: frozenset[str] | None) -> str:
+def client_address(connection: ASGIConnection[Any, Any, Any, Any], trusted: Container[str] | None) -> str:
     """SPEC §5.3: the peer; from a trusted peer (``None``: all) the left-most X-Forwarded-For, else X-Real-IP."""
     client = connection.scope.get("client")
     if not client:

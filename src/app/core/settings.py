@@ -51,6 +51,52 @@ class SettingsError(ValueError):
     """A variable has an invalid value; the message names it."""
 
 
+@dataclass(frozen=True, slots=True)
+class TrustedProxies:
+    """``FORWARDED_ALLOW_IPS`` read: addresses and networks (``10.0.0.0/8``, ``fd00::/8``), as uvicorn and Granian
+    accept them. ``peer in proxies`` answers for a peer address as the server reports it."""
+
+    addresses: frozenset[str]
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @classmethod
+    def parse(cls, value: str) -> TrustedProxies | None:
+        """``None`` for ``*`` (every peer); a ``SettingsError`` naming the entry that is neither address nor network."""
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        if "*" in entries:
+            return None
+        addresses: set[str] = set()
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in entries:
+            try:
+                if "/" in entry:
+                    networks.append(ipaddress.ip_network(entry, strict=False))
+                else:
+                    addresses.add(str(ipaddress.ip_address(entry)))  # one spelling: "::0001" is "::1"
+            except ValueError:
+                raise SettingsError(
+                    f"Invalid value for FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or network"
+                ) from None
+        return cls(frozenset(addresses), tuple(networks))
+
+    def __contains__(self, peer: object) -> bool:
+        if peer in self.addresses:
+            return True
+        if not isinstance(peer, str) or (":" not in peer and not self.networks):
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:  # a Unix socket's path, say
+            return False
+        # A server listening on "::" reports an IPv4 peer as ::ffff:a.b.c.d.
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+        candidates = (address,) if mapped is None else (address, mapped)
+        return any(
+            str(candidate) in self.addresses or any(candidate in network for network in self.networks)
+            for candidate in candidates
+        )
+
+
 def env(*names: str, default: Any = None) -> Any:
     """Declare a setting read from the first of ``names`` present (``{purpose}`` is filled in per group)."""
     return field(default=default, metadata={"env": names})
@@ -71,10 +117,9 @@ class AppSettings:
     docs_assets: Literal["local", "cdn"] = env("DOCS_ASSETS", default="local")
 
     @property
-    def trusted_proxies(self) -> frozenset[str] | None:
+    def trusted_proxies(self) -> TrustedProxies | None:
         """Peers whose forwarding headers are trusted (SPEC §5.3); ``None`` means every peer (``*``)."""
-        entries = {entry.strip() for entry in self.forwarded_allow_ips.split(",") if entry.strip()}
-        return None if "*" in entries else frozenset(entries)
+        return TrustedProxies.parse(self.forwarded_allow_ips)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,11 +330,7 @@ def _embedded_mode(source: Mapping[str, str], process: Mapping[str, str], *, env
 
 
 def _check_consistency(settings: Settings) -> None:
-    for proxy in settings.app.trusted_proxies or ():
-        try:
-            ipaddress.ip_address(proxy)
-        except ValueError:
-            raise SettingsError(f"Invalid value for FORWARDED_ALLOW_IPS: {proxy!r} is not an IP address") from None
+    TrustedProxies.parse(settings.app.forwarded_allow_ips)  # an invalid entry is refused at start, not per request
     for origin in settings.security.allowed_origins:
         if origin == "*":
             raise SettingsError("Invalid value for CORS_ALLOW_ORIGINS: '*' is refused, responses carry credentials")
