@@ -84,7 +84,7 @@ def measure(
     shared: Path, knobs: harness.Knobs, target: Target, ceiling_url: str, out_dir: Path, workers: int
 ) -> tuple[list[Result], list[Result]]:
     """``python -m app`` as ``task serve`` starts it, on a fresh database seeded through its API, under W0-W8; the
-    ceiling right after W0 in every pass (or at a pass's end without W0), so that ``W0/CEILING`` compares two runs a
+    ceiling right after W0 in every pass (first when W0 is not asked for), so that ``W0/CEILING`` compares two runs a
     few seconds apart: the machine's speed drifts by tens of percent within minutes."""
     floor, rest = split_floor(knobs.workloads)
     runs: list[Result] = []
@@ -98,12 +98,13 @@ def measure(
             one_pass = replace(knobs, repeat=1)
             raw_dir = out_dir / "raw" / f"pass{run}"
             raw_dir.mkdir(parents=True, exist_ok=True)
-            for workloads in (floor, CEILING, rest) if floor else (rest, CEILING):
-                if workloads == CEILING:
-                    ceiling_runs += measure_ceiling(shared, one_pass, ceiling_url, raw_dir)
-                elif workloads:
-                    pass_knobs = replace(one_pass, workloads=workloads)
-                    runs += harness.run_workloads(shared, pass_knobs, api_url, data, pid, raw_dir, say)
+            if floor:
+                floor_pass = replace(one_pass, workloads=floor)
+                runs += harness.run_workloads(shared, floor_pass, api_url, data, pid, raw_dir, say)
+            ceiling_runs += measure_ceiling(shared, one_pass, ceiling_url, raw_dir)
+            if rest:
+                rest_pass = replace(one_pass, workloads=rest)
+                runs += harness.run_workloads(shared, rest_pass, api_url, data, pid, raw_dir, say)
     return runs, ceiling_runs
 
 
