@@ -200,7 +200,7 @@ def assert_unavailable(response: httpx.Response) -> None:
 
 
 def database_routes(server: LiveServer) -> list[httpx.Response]:
-    """Reads of two features, a write, and a read sent straight with asyncpg (``FastRead``), each on its own
+    """Reads of two features, a write, and a read sent straight with asyncpg (``FastRow``), each on its own
     connection (so either worker may answer)."""
     url = f"{server.base_url}/api/v1"
     body = {"name": "New", "username": "newcomer", "email": "new@example.com", "password": PASSWORD}
@@ -254,7 +254,7 @@ async def test_a_busy_pool_answers_503_and_a_lock_wait_ends_at_the_statement_tim
     start_server: StartServer, settings: Settings, stuck_path: str, status: int
 ) -> None:
     """One worker with one pooled connection (DB__POOL_SIZE=1): a request stuck behind a lock holds it, whether
-    its statement goes through the session or straight through asyncpg (U4's ``FastRead``)."""
+    its statement goes through the session or straight through asyncpg (U4's ``FastRow``)."""
     server = start_server(
         workers=1, DB__POOL_SIZE="1", DB__MAX_OVERFLOW="0", DB__CONNECT_TIMEOUT="1", DB__STATEMENT_TIMEOUT="3"
     )

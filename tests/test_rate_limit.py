@@ -267,7 +267,7 @@ async def test_a_limited_request_costs_one_redis_round_trip_and_no_database_quer
         await original(self, command, check_health)
 
     monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "send_packed_command", counting)
-    # Statements where asyncpg sends them: SQLAlchemy's (prepared) and the FastReads of GET requests.
+    # Statements where asyncpg sends them: SQLAlchemy's (prepared) and the FastRows of GET requests.
     statements: list[str] = []
     fetch, fetchrow = PreparedStatement.fetch, asyncpg.Connection.fetchrow
 

@@ -1,10 +1,13 @@
-"""``FastRead`` (app.core.rows): the row the session would read, sent with asyncpg on the session's connection."""
+"""``FastRow`` (app.core.rows): the row the session would read or write, sent with asyncpg on the session's
+connection."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from uuid import uuid4
 
 import asyncpg
 import pytest
@@ -12,17 +15,19 @@ from sqlalchemy import bindparam, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from app.core.rows import FastRead, is_autocommit
+from app.core.rows import FastRow, is_autocommit
 from app.core.settings import Settings
+from app.posts.models import Post
+from app.posts.services import _INSERT_POST as INSERT_POST
 from app.users.models import User
 from tests.conftest import MakeUser
 
 pytestmark = pytest.mark.anyio
 
 USERS = User.__table__.c
-BY_USERNAME = FastRead(select(*USERS).where(USERS.username == bindparam("username")))
-BACKEND = FastRead(select(func.pg_backend_pid().label("pid")))
-SLEEP = FastRead(select(func.pg_sleep(literal_column("30"))))
+BY_USERNAME = FastRow(select(*USERS).where(USERS.username == bindparam("username")))
+BACKEND = FastRow(select(func.pg_backend_pid().label("pid")))
+SLEEP = FastRow(select(func.pg_sleep(literal_column("30"))))
 
 
 @pytest.fixture
@@ -103,10 +108,63 @@ async def _wait_until_asleep(admin: asyncpg.Connection[Any], pid: int) -> None:
     raise AssertionError("the read never started")
 
 
-async def test_a_parameter_that_needs_type_processing_is_refused_when_built() -> None:
-    # DateTimeUTC turns values into UTC datetimes on the way in: asyncpg would receive them unprocessed.
-    with pytest.raises(ValueError, match="no bind processing"):
-        FastRead(select(USERS.id).where(USERS.created_at > bindparam("since", type_=USERS.created_at.type)))
+async def test_parameters_get_the_bind_processing_of_their_types(
+    engine: AsyncEngine, make_user: MakeUser, fetchrows: list[str]
+) -> None:
+    # DateTimeUTC refuses a naive datetime and turns an aware one into UTC; asyncpg alone would take both.
+    ann = await make_user("ann")
+    since = FastRow(select(USERS.id).where(USERS.created_at > bindparam("since", type_=USERS.created_at.type)))
+    before = ann.created_at.astimezone(timezone(timedelta(hours=5))) - timedelta(seconds=1)
+    async with async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))() as session:
+        assert (await since.first(session, {"since": before}) or {})["id"] == ann.id
+        assert await since.first(session, {"since": ann.created_at + timedelta(seconds=1)}) is None
+        with pytest.raises(TypeError, match="tzinfo"):
+            await since.first(session, {"since": before.replace(tzinfo=None)})
+    assert fetchrows == [since.sql] * 2
+
+
+def _post_values(author_id: int, title: str) -> dict[str, Any]:
+    return {
+        "created_by_user_id": author_id,
+        "title": title,
+        "text": "Text.",
+        "media_url": None,
+        "uuid": uuid4(),
+        "created_at": datetime.now(UTC),
+        "is_deleted": False,
+    }
+
+
+async def _titles(engine: AsyncEngine, author_id: int) -> list[str]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(select(Post.title).where(Post.created_by_user_id == author_id))
+        return [title for (title,) in rows]
+
+
+async def test_a_write_outside_a_transaction_goes_through_asyncpg_and_commits_on_its_own(
+    engine: AsyncEngine, make_user: MakeUser, fetchrows: list[str]
+) -> None:
+    ann = await make_user("ann")
+    async with async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))() as session:
+        row = await INSERT_POST.first(session, _post_values(ann.id, "Stored"))
+        assert fetchrows == [INSERT_POST.sql]
+        assert row is not None
+        assert row["title"] == "Stored"
+        assert row["created_at"].tzinfo is not None
+        await session.rollback()  # nothing to roll back: the statement committed on its own
+    assert await _titles(engine, ann.id) == ["Stored"]
+
+
+async def test_a_write_inside_a_transaction_goes_through_the_session_and_rolls_back_with_it(
+    engine: AsyncEngine, make_user: MakeUser, fetchrows: list[str]
+) -> None:
+    ann = await make_user("ann")
+    async with async_sessionmaker(engine)() as session:
+        row = await INSERT_POST.first(session, _post_values(ann.id, "Rolled back"))
+        assert (row or {})["title"] == "Rolled back"
+        assert fetchrows == []  # sent by the session, inside its transaction
+        await session.rollback()
+    assert await _titles(engine, ann.id) == []
 
 
 async def test_a_session_without_autocommit_is_not_taken_for_one(db_session: AsyncSession) -> None:

@@ -20,7 +20,7 @@ from sqlalchemy.orm.util import identity_key
 from app.auth.models import TokenBlacklist
 from app.core.db import AlchemyConfig, save_unique, utc_now
 from app.core.passwords import verify_password
-from app.core.rows import FastRead, is_autocommit
+from app.core.rows import FastRow, is_autocommit
 from app.core.security import AppToken, IssuedToken, TokenCodec, TokenRejected, UserLoader
 from app.users.models import User
 from app.users.schemas import normalize_email
@@ -59,10 +59,10 @@ class BlacklistService(SQLAlchemyAsyncRepositoryService[TokenBlacklist]):
         return int(getattr(result, "rowcount", 0) or 0)
 
 
-def _token_user_statement(subject: ColumnElement[str]) -> FastRead:
+def _token_user_statement(subject: ColumnElement[str]) -> FastRow:
     revoked = exists().where(or_(TokenBlacklist.token == bindparam("jti"), TokenBlacklist.token == bindparam("fid")))
     users = User.__table__.c
-    return FastRead(
+    return FastRow(
         select(*users, revoked.label(_REVOKED)).where(
             users.id == bindparam("uid"), subject == bindparam("sub"), users.is_deleted.is_(False)
         )

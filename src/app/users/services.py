@@ -19,7 +19,7 @@ from app.core.errors import USER_NOT_AUTHENTICATED, UnprocessableError
 from app.core.fields import storable
 from app.core.guards import ensure_owner
 from app.core.passwords import hash_password
-from app.core.rows import FastRead, is_autocommit
+from app.core.rows import FastRow, is_autocommit
 from app.core.schemas import Pagination
 from app.posts.services import invalidate_user_posts
 from app.tiers.models import RateLimit, Tier
@@ -41,12 +41,12 @@ def named(identifier: str) -> ColumnElement[bool]:
 
 
 # U4 is the hottest public read: one statement, built once, of only the response's columns, read into the response
-# without an ORM object and sent straight with asyncpg (`FastRead`). The routes that go on to use the user (owner
+# without an ORM object and sent straight with asyncpg (`FastRow`). The routes that go on to use the user (owner
 # checks, writes, tiers) load the whole row. Table columns, not the model's attributes: a Core statement skips the
 # ORM's compile and loading steps (measured ~20 % less CPU per statement, U2 below).
 _USERS = User.__table__.c
 _PROFILE_COLUMNS = tuple(_USERS[field] for field in UserRead.__struct_fields__)
-_PROFILE_BY_USERNAME = FastRead(
+_PROFILE_BY_USERNAME = FastRow(
     select(*_PROFILE_COLUMNS).where(_USERS.username == bindparam("username"), _USERS.is_deleted.is_(False))
 )
 # U2, the same way: one page of profiles and, in the same statement, the count of all of them (PostgreSQL runs
