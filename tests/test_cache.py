@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -28,6 +29,7 @@ from app.core.cache import (
     Invalidation,
     ResponseCache,
     cache,
+    family_marker,
 )
 from app.core.redis_clients import fail_fast_client
 from app.main import create_app
@@ -52,6 +54,14 @@ def cache_redis() -> Iterator[redis.Redis]:
 
 def cache_keys(client: redis.Redis) -> set[str]:
     return {key.decode() for key in client.scan_iter(match=f"{NAMESPACE}:*")}
+
+
+def store_entries(client: redis.Redis, entries: Mapping[str, bytes], *, markers: bool = True) -> None:
+    """Entries under their logical keys, as the store writes them: with their family markers (``markers=False``:
+    left without, as after a marker was deleted or evicted)."""
+    client.mset({f"{NAMESPACE}:{key}": value for key, value in entries.items()})
+    if markers:
+        client.mset({marker: b"1" for key in entries if (marker := family_marker(key)) is not None})
 
 
 @pytest.fixture
@@ -283,8 +293,10 @@ async def touch_thing(name: FromPath[str]) -> Thing:
 async def test_a_write_route_deletes_its_key_extras_and_patterns(settings: Any, cache_redis: redis.Redis) -> None:
     app = create_app(settings)
     app.register(touch_thing)
-    for key in ("x_thing:x", "x_owner:x", "x_list:1", "x_list:2", "y_list:1", "x*_list:1"):
-        cache_redis.set(f"{NAMESPACE}:{key}", b"stale")
+    store_entries(
+        cache_redis,
+        dict.fromkeys(("x_thing:x", "x_owner:x", "x_list:1", "x_list:2", "y_list:1", "x*_list:1"), b"stale"),
+    )
     async with AsyncTestClient(app) as client:
         assert (await client.post("/things/x")).status_code == 201
     assert cache_keys(cache_redis) == {f"{NAMESPACE}:y_list:1", f"{NAMESPACE}:x*_list:1"}
@@ -294,9 +306,9 @@ async def test_a_pattern_walks_a_large_keyspace_in_few_round_trips(settings: Any
     """SPEC §6.4's SCAN … COUNT 100 + DEL, SCANS_PER_CALL SCANs per script call: every matching key of a keyspace
     several calls long goes, nothing else does, and the round trips are the calls, not the SCANs."""
     per_call = SCANS_PER_CALL * SCAN_COUNT
-    filler = {f"{NAMESPACE}:bob_post_cache:{number}": b"x" for number in range(2 * per_call + per_call // 2)}
-    doomed = {f"{NAMESPACE}:ann_posts:page_{page}:items_per_page:10:ann": b"x" for page in range(1, 6)}
-    cache_redis.mset({**filler, **doomed, f"{NAMESPACE}:ann_post_cache:1": b"x"})
+    filler = {f"bob_post_cache:{number}": b"x" for number in range(2 * per_call + per_call // 2)}
+    doomed = {f"ann_posts:page_{page}:items_per_page:10:ann": b"x" for page in range(1, 6)}
+    store_entries(cache_redis, {**filler, **doomed, "ann_post_cache:1": b"x"})
     client = fail_fast_client(settings.redis_cache.url)
     counting = CountingRedis(connection_pool=client.connection_pool)
     counting.sent = []
@@ -306,10 +318,47 @@ async def test_a_pattern_walks_a_large_keyspace_in_few_round_trips(settings: Any
         )
     finally:
         await client.aclose()
-    assert cache_keys(cache_redis) == set(filler)
+    assert cache_keys(cache_redis) == {f"{NAMESPACE}:{key}" for key in filler}
     calls = len(counting.sent)
     assert 3 <= calls <= 4, counting.sent  # 2.5 calls' worth of keys; SCAN may return a cursor early
     assert set(counting.sent) <= {"EVALSHA", "SCRIPT LOAD", "EVAL"}
+
+
+async def _invalidate(settings: Any, invalidation: Invalidation) -> list[str]:
+    """``invalidation`` as a write's commit runs it; the commands it sent."""
+    client = fail_fast_client(settings.redis_cache.url)
+    counting = CountingRedis(connection_pool=client.connection_pool)
+    counting.sent = []
+    try:
+        await ResponseCache._invalidate_redis(counting.register_script(_DELETE), invalidation)
+    finally:
+        await client.aclose()
+    return counting.sent
+
+
+async def test_a_family_with_nothing_stored_is_not_walked(settings: Any, cache_redis: redis.Redis) -> None:
+    # Left without a marker, these entries are unreadable (see below), so the walk may skip them: that they are
+    # still there shows it did. A pattern whose family part is not literal is walked all the same.
+    store_entries(cache_redis, {"ann_posts:page_1": b"x", "ann_posts:page_2": b"x"}, markers=False)
+    assert len(await _invalidate(settings, Invalidation(patterns={"ann_posts:*"}))) == 1
+    assert cache_keys(cache_redis) == {f"{NAMESPACE}:ann_posts:page_1", f"{NAMESPACE}:ann_posts:page_2"}
+    await _invalidate(settings, Invalidation(patterns={"[a]nn_posts:page_1"}))
+    assert cache_keys(cache_redis) == {f"{NAMESPACE}:ann_posts:page_2"}
+
+
+async def test_a_walk_of_the_whole_family_takes_its_marker_a_narrower_one_keeps_it(
+    settings: Any, cache_redis: redis.Redis
+) -> None:
+    marker = family_marker("ann_posts:page_1")
+    assert marker is not None
+    store_entries(cache_redis, {"ann_posts:page_1": b"x", "ann_posts:page_2": b"x", "bob_posts:page_1": b"x"})
+    await _invalidate(settings, Invalidation(patterns={"ann_posts:page_1*"}))
+    assert cache_keys(cache_redis) == {f"{NAMESPACE}:ann_posts:page_2", f"{NAMESPACE}:bob_posts:page_1"}
+    assert cache_redis.exists(marker)
+    await _invalidate(settings, Invalidation(patterns={"ann_posts:*"}))
+    assert cache_keys(cache_redis) == {f"{NAMESPACE}:bob_posts:page_1"}
+    assert not cache_redis.exists(marker)
+    assert cache_redis.exists(family_marker("bob_posts:page_1") or "")
 
 
 # --- the store: reads of one loop turn share one MGET ----------------------------------------------------------
@@ -347,6 +396,34 @@ async def test_concurrent_reads_share_one_mget_and_each_gets_its_value(store: An
     assert sent == ["MGET"]
     assert await cache_store.get("b") == b"2"  # a later read is a batch of its own
     assert sent == ["MGET", "MGET"]
+
+
+async def test_an_entry_is_stored_with_a_family_marker_that_outlives_it(store: Any, cache_redis: redis.Redis) -> None:
+    cache_store, _ = store
+    marker = family_marker("ann_posts:page_1")
+    assert marker is not None
+    await cache_store.set("ann_posts:page_1", b"1", 60)
+    assert 59_000 < cache_redis.pttl(f"{NAMESPACE}:ann_posts:page_1") <= cache_redis.pttl(marker) <= 60_000
+    await cache_store.set("ann_posts:page_2", b"2", 10)  # a shorter entry leaves the marker's lifetime as it is
+    assert cache_redis.pttl(marker) > 10_000
+    await cache_store.set("ann_posts:page_3", b"3", timedelta(hours=1))
+    assert cache_redis.pttl(marker) > 3_599_000
+    await cache_store.set("ann_posts:page_4", b"4")  # no expiry: neither has the marker
+    assert cache_redis.pttl(marker) == -1
+    await cache_store.set("ann_posts:page_5", b"5", 10)
+    assert cache_redis.pttl(marker) == -1
+
+
+async def test_an_entry_whose_family_marker_is_gone_is_a_miss(store: Any, cache_redis: redis.Redis) -> None:
+    cache_store, _ = store
+    await cache_store.set("ann_post_cache:1", b"1", 60)
+    await cache_store.set("bob_post_cache:1", b"2", 60)
+    assert await cache_store.get("ann_post_cache:1") == b"1"
+    cache_redis.delete(family_marker("ann_post_cache:1") or "")  # evicted, say
+    assert await asyncio.gather(cache_store.get("ann_post_cache:1"), cache_store.get("bob_post_cache:1")) == [
+        None,
+        b"2",
+    ]
 
 
 async def test_a_cancelled_read_leaves_the_others_of_its_batch_answered(store: Any) -> None:

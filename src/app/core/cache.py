@@ -10,6 +10,8 @@ invalidation path that runs after the request's transaction committed.
   fresh on every worker and server.
 - The cache stores Litestar's encoded response (status, headers, body), so a hit is byte-identical to the miss
   that filled it; hooks that add per-request headers (rate limits, Cache-Control) run again on every hit.
+- Pattern invalidation is SPEC §6.4's SCAN walk of the keyspace, skipped for a pattern whose key family has
+  nothing stored (``FAMILIES``).
 - A cache Redis that does not answer costs a request about a second: reads fall through to the handler, writes
   and invalidations are logged at ERROR, and the request succeeds (§6.5).
 """
@@ -56,20 +58,41 @@ SCAN_COUNT = 100  # SPEC §6.4: SCAN MATCH … COUNT 100, deleted in batches, ne
 # waiting on Redis. 25 steps run in one script call (each call's redis-py path costs the app ~0.2 ms of CPU, a
 # keyspace of 1 200 keys needed two calls of ten); Redis is never busy longer than ~2 500 keys' worth (~1 ms).
 SCANS_PER_CALL = 25
+FAMILIES = f"{NAMESPACE}-family"
+"""A logical key's *family* is its part before the first ``:`` (``ann_posts``, ``ann_post_cache``); while any entry
+of a family may be stored, ``response_cache-family:<family>`` exists (``family_marker``). It lets a write skip the
+SCAN walk of a pattern whose family has nothing stored. An entry is only read while its family's marker exists, so
+a marker that is gone (deleted after a walk, evicted, flushed) can never leave an entry readable unwalked."""
+_STORE = """
+if ARGV[2] == '' then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], '1')
+  return 1
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local left = redis.call('PTTL', KEYS[2])
+if left ~= -1 and left < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
+return 1
+"""
+"""KEYS: the entry, its family marker; ARGV: the value, its lifetime in ms (empty: none). The marker lives at least
+as long as the entry, in the same atomic step."""
 _DELETE = """
 if #KEYS > 0 then redis.call('DEL', unpack(KEYS)) end
 local cursor = ARGV[1]
 if ARGV[2] == '' then return '0' end
+if ARGV[5] ~= '' and cursor == '0' and redis.call('EXISTS', ARGV[5]) == 0 then return '0' end
 for _ = 1, tonumber(ARGV[4]) do
   local reply = redis.call('SCAN', cursor, 'MATCH', ARGV[2], 'COUNT', ARGV[3])
   cursor = reply[1]
   if #reply[2] > 0 then redis.call('DEL', unpack(reply[2])) end
   if cursor == '0' then break end
 end
+if cursor == '0' and ARGV[6] == '1' then redis.call('DEL', ARGV[5]) end
 return cursor
 """
-"""KEYS: keys to delete; ARGV: SCAN cursor, MATCH pattern (empty: none), COUNT, SCANs at most. Returns the cursor
-to continue from, ``0`` when the keyspace has been walked."""
+"""KEYS: keys to delete; ARGV: SCAN cursor, MATCH pattern (empty: none), COUNT, SCANs at most, the family marker of
+the pattern (empty: it has none, walk anyway), ``1`` when the pattern is its whole family (the marker goes once the
+walk is done). Returns the cursor to continue from, ``0`` when the keyspace has been walked or nothing can match."""
 _INVALIDATES = "cache_invalidates"  # route handler ``opt`` key of a write route's invalidation
 _PENDING = "cache_invalidations"  # ``session.info`` key of the invalidations waiting for the commit
 _UNCACHEABLE = "uncacheable:"  # key of a request whose values are not canonical: never written, so never read
@@ -99,18 +122,37 @@ def glob_escape(value: str) -> str:
     return _GLOB_SPECIAL.sub(r"[\1]", value) if value else value
 
 
+def family_marker(key: str) -> str | None:
+    """The Redis key of the family marker of the logical ``key`` (``FAMILIES``); ``None`` for a key without ``:``."""
+    family, colon, _ = key.partition(":")
+    return f"{FAMILIES}:{family}" if colon else None
+
+
+def pattern_family(pattern: str) -> tuple[str, bool]:
+    """The family marker every key matching ``pattern`` shares (empty when the family part is not literal), and
+    whether the pattern matches the whole family (``<family>:*``)."""
+    family, colon, rest = pattern.partition(":")
+    if not colon or _GLOB_SPECIAL.search(family):
+        return "", False
+    return f"{FAMILIES}:{family}", rest == "*"
+
+
 class FailOpenRedisStore(RedisStore):
     """A ``RedisStore`` whose outages are misses (SPEC §6.5): Litestar's cache calls the store without a guard.
 
     Reads that arrive in the same turn of the event loop share one ``MGET``: under load a worker serves many cached
     reads at once, and each one's own round trip (a connection from the pool, a socket write and read, redis-py's
     command path) was a third of a hit's CPU. A lone read waits one loop turn longer than a plain ``GET``.
+
+    An entry is written together with its family marker (``FAMILIES``), and read only while that marker exists:
+    both are in the same ``MGET``.
     """
 
     def __init__(self, redis: Redis, namespace: str) -> None:
         super().__init__(redis, namespace=namespace)
-        self._batch: list[tuple[str, asyncio.Future[bytes | None]]] | None = None
+        self._batch: list[tuple[str, str, asyncio.Future[bytes | None]]] | None = None
         self._fetching: set[asyncio.Task[None]] = set()  # the event loop keeps only weak references to tasks
+        self._store = redis.register_script(_STORE)
 
     async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
         if renew_for:  # not used by the response cache: Litestar's own atomic get-and-renew
@@ -120,7 +162,8 @@ class FailOpenRedisStore(RedisStore):
             self._batch = []
             loop.call_soon(self._send_batch, loop)
         value: asyncio.Future[bytes | None] = loop.create_future()
-        self._batch.append((self._make_key(key), value))
+        entry = self._make_key(key)
+        self._batch.append((entry, family_marker(key) or entry, value))
         try:
             found = await value
         except (RedisError, OSError) as error:
@@ -135,23 +178,31 @@ class FailOpenRedisStore(RedisStore):
         self._fetching.add(fetch)
         fetch.add_done_callback(self._fetching.discard)
 
-    async def _fetch(self, batch: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
+    async def _fetch(self, batch: list[tuple[str, str, asyncio.Future[bytes | None]]]) -> None:
         try:
             async with bounded():
-                values = await self._redis.mget([key for key, _ in batch])
+                values = await self._redis.mget([entry for entry, _, _ in batch] + [marker for _, marker, _ in batch])
         except (RedisError, OSError) as error:
-            for _, waiter in batch:
+            for _, _, waiter in batch:
                 if not waiter.done():  # a request cancelled meanwhile no longer waits
                     waiter.set_exception(error)
             return
-        for (_, waiter), value in zip(batch, values, strict=True):
+        found, markers = values[: len(batch)], values[len(batch) :]
+        for (_, _, waiter), value, marker in zip(batch, found, markers, strict=True):
             if not waiter.done():
-                waiter.set_result(value)
+                waiter.set_result(value if marker is not None else None)
 
     async def set(self, key: str, value: str | bytes, expires_in: int | timedelta | None = None) -> None:
+        if isinstance(expires_in, timedelta):
+            expires_in = int(expires_in.total_seconds())
+        marker = family_marker(key)
         try:
             async with bounded():
-                await super().set(key, value, expires_in)
+                if marker is None:
+                    await super().set(key, value, expires_in)
+                else:
+                    lifetime = str(expires_in * 1000) if expires_in else ""
+                    await self._store(keys=[self._make_key(key), marker], args=[value, lifetime])
         except (RedisError, OSError) as error:
             logger.error("response cache unavailable", operation="set", error=type(error).__name__)
 
@@ -228,14 +279,16 @@ class ResponseCache:
     @staticmethod
     async def _invalidate_redis(delete: AsyncScript, invalidation: Invalidation) -> None:
         """The keys go with the first call; each pattern walks the keyspace SCANS_PER_CALL × SCAN_COUNT keys per
-        call, every call bounded on its own."""
+        call, every call bounded on its own, unless its family has nothing stored (``FAMILIES``)."""
         keys = [f"{NAMESPACE}:{key}" for key in invalidation.keys]
         for pattern in invalidation.patterns or [""]:
             match = f"{NAMESPACE}:{pattern}" if pattern else ""
+            marker, whole = pattern_family(pattern)
             cursor: bytes | str = "0"
             while True:
                 async with bounded():
-                    cursor = await delete(keys=keys, args=[cursor, match, SCAN_COUNT, SCANS_PER_CALL])
+                    args = [cursor, match, SCAN_COUNT, SCANS_PER_CALL, marker, "1" if whole else ""]
+                    cursor = await delete(keys=keys, args=args)
                 keys = []
                 if cursor in (b"0", "0"):
                     break
