@@ -65,6 +65,25 @@ async def test_an_autocommit_read_goes_through_asyncpg_and_reads_what_the_sessio
         assert await BY_USERNAME.first(session, {"username": "nobody"}) is None
 
 
+async def test_outside_a_transaction_each_statement_has_a_pooled_connection_for_itself_alone(
+    settings: Settings, make_user: MakeUser
+) -> None:
+    # The session itself never connects: its connection handling cost as much CPU as the statement.
+    await make_user("ann")
+    engine = create_async_engine(settings.database_url, pool_size=1, max_overflow=0)
+    pool = engine.sync_engine.pool
+    try:
+        async with async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))() as session:
+            first = (await BACKEND.first(session, {}) or {})["pid"]
+            assert pool.checkedout() == 0  # checked in at once, while the session is still open
+            assert (await BY_USERNAME.first(session, {"username": "ann"}) or {})["username"] == "ann"
+            assert (await BACKEND.first(session, {}) or {})["pid"] == first  # the pool's one connection, reused
+            assert not session.in_transaction()
+            assert pool.checkedout() == 0
+    finally:
+        await engine.dispose()
+
+
 async def test_in_a_write_it_runs_before_the_begin_then_inside_the_transaction(
     engine: AsyncEngine, make_user: MakeUser, fetchrows: list[str]
 ) -> None:
