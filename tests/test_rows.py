@@ -19,7 +19,9 @@ from app.core.rows import FastRow, is_autocommit
 from app.core.settings import Settings
 from app.posts.models import Post
 from app.posts.services import _INSERT_POST as INSERT_POST
+from app.posts.services import PostService
 from app.users.models import User
+from app.users.services import UserService
 from tests.conftest import MakeUser
 
 pytestmark = pytest.mark.anyio
@@ -188,3 +190,15 @@ async def test_a_write_inside_a_transaction_goes_through_the_session_and_rolls_b
 
 async def test_a_session_without_autocommit_is_not_taken_for_one(db_session: AsyncSession) -> None:
     assert not is_autocommit(db_session)
+
+
+async def test_repositories_of_a_model_share_one_base_statement_and_read_through_it(
+    db_session: AsyncSession, make_user: MakeUser
+) -> None:
+    # app.core.db.Repository: the base `select(model)` is built once per model, not per service (per request).
+    ann = await make_user("ann")
+    first, second = UserService(session=db_session), UserService(session=db_session)
+    assert first.repository.statement is second.repository.statement
+    assert PostService(session=db_session).repository.statement is not first.repository.statement
+    assert (await second.get_one(id=ann.id)).username == "ann"
+    assert await first.count() == 1

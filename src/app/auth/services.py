@@ -8,7 +8,6 @@ from typing import Any
 from uuid import uuid4
 
 import structlog
-from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
@@ -18,7 +17,7 @@ from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 
 from app.auth.models import TokenBlacklist
-from app.core.db import AlchemyConfig, save_unique, utc_now
+from app.core.db import AlchemyConfig, Repository, save_unique, utc_now
 from app.core.passwords import verify_password
 from app.core.rows import FastRow, is_autocommit
 from app.core.security import AppToken, IssuedToken, TokenCodec, TokenRejected, UserLoader
@@ -32,7 +31,7 @@ logger = structlog.get_logger("app.auth")
 class BlacklistService(SQLAlchemyAsyncRepositoryService[TokenBlacklist]):
     """``token_blacklist`` holds the ``jti`` of every revoked token and the id of every revoked refresh family."""
 
-    class Repo(SQLAlchemyAsyncRepository[TokenBlacklist]):
+    class Repo(Repository[TokenBlacklist]):
         model_type = TokenBlacklist
 
     repository_type = Repo

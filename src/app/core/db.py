@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import cached_property
+from typing import Any, ClassVar
 
 import msgspec
 import structlog
 from advanced_alchemy.base import IdentityBase, orm_registry
 from advanced_alchemy.config.asyncio import AlembicAsyncConfig, AsyncSessionConfig, SQLAlchemyAsyncConfig
 from advanced_alchemy.config.engine import EngineConfig
+from advanced_alchemy.repository import ModelT, SQLAlchemyAsyncRepository
 from advanced_alchemy.types import DateTimeUTC
 from litestar import Litestar
 from litestar.config.app import AppConfig
@@ -20,7 +22,7 @@ from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
 from litestar.plugins import InitPluginProtocol
 from litestar.types import BeforeMessageSendHookHandler, HTTPResponseStartEvent, Message, Scope
-from sqlalchemy import ColumnElement, event, select, text
+from sqlalchemy import ColumnElement, Select, event, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
@@ -44,6 +46,21 @@ class Base(IdentityBase):
 
 
 metadata = orm_registry.metadata
+
+
+class Repository(SQLAlchemyAsyncRepository[ModelT]):
+    """advanced-alchemy's repository, each feature's base (``class Repo(Repository[Thing])``). A service, and so its
+    repository, is made per request; the base ``select(model)`` it starts from is built once per model instead (it
+    was ~3 % of a one-statement read's CPU). A ``Select`` is immutable: every query builds on a copy."""
+
+    _base_statements: ClassVar[dict[type[Any], Select[Any]]] = {}
+
+    def __init__(self, *, statement: Select[Any] | None = None, **kwargs: Any) -> None:
+        if statement is None:
+            statement = self._base_statements.get(self.model_type)
+            if statement is None:
+                statement = self._base_statements.setdefault(self.model_type, select(self.model_type))
+        super().__init__(statement=statement, **kwargs)
 
 
 class TimestampColumns:

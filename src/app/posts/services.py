@@ -9,7 +9,6 @@ from uuid import uuid4
 
 import msgspec
 from advanced_alchemy.filters import LimitOffset, OrderBy
-from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
@@ -17,7 +16,7 @@ from sqlalchemy import Table, bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.cache import format_key, format_pattern, invalidate_after_commit
-from app.core.db import lock_row, utc_now
+from app.core.db import Repository, lock_row, utc_now
 from app.core.fields import is_db_id
 from app.core.rows import FastRow
 from app.core.schemas import Pagination
@@ -53,7 +52,7 @@ def invalidate_user_posts(session: AsyncSession, username: str) -> None:
 
 
 class PostService(SQLAlchemyAsyncRepositoryService[Post]):
-    class Repo(SQLAlchemyAsyncRepository[Post]):
+    class Repo(Repository[Post]):
         model_type = Post
 
     repository_type = Repo

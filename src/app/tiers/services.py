@@ -8,7 +8,6 @@ from typing import Any
 import msgspec
 from advanced_alchemy.exceptions import ErrorMessages
 from advanced_alchemy.filters import LimitOffset, OrderBy
-from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
@@ -16,7 +15,7 @@ from litestar.exceptions import NotFoundException
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.db import AlchemyConfig, lock_row, save_unique, utc_now
+from app.core.db import AlchemyConfig, Repository, lock_row, save_unique, utc_now
 from app.core.errors import UnprocessableError
 from app.core.fields import is_db_id, storable
 from app.core.paths import sanitize_path
@@ -41,7 +40,7 @@ async def _lock_or_404(session: AsyncSession, row: Tier | RateLimit, detail: str
 
 
 class TierService(SQLAlchemyAsyncRepositoryService[Tier]):
-    class Repo(SQLAlchemyAsyncRepository[Tier]):
+    class Repo(Repository[Tier]):
         model_type = Tier
         error_messages: ErrorMessages | None = {"not_found": TIER_NOT_FOUND}
 
@@ -101,7 +100,7 @@ class TierService(SQLAlchemyAsyncRepositoryService[Tier]):
 
 
 class RateLimitService(SQLAlchemyAsyncRepositoryService[RateLimit]):
-    class Repo(SQLAlchemyAsyncRepository[RateLimit]):
+    class Repo(Repository[RateLimit]):
         model_type = RateLimit
         error_messages: ErrorMessages | None = {"not_found": RATE_LIMIT_NOT_FOUND}
 

@@ -7,14 +7,13 @@ from typing import Any
 
 import msgspec
 from advanced_alchemy.exceptions import ErrorMessages
-from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, NotFoundException
 from sqlalchemy import ColumnElement, Row, bindparam, exists, false, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.db import lock_row, save_unique, utc_now
+from app.core.db import Repository, lock_row, save_unique, utc_now
 from app.core.errors import USER_NOT_AUTHENTICATED, UnprocessableError
 from app.core.fields import storable
 from app.core.guards import ensure_owner
@@ -62,7 +61,7 @@ _ACTIVE_PAGE = (
 
 
 class UserService(SQLAlchemyAsyncRepositoryService[User]):
-    class Repo(SQLAlchemyAsyncRepository[User]):
+    class Repo(Repository[User]):
         model_type = User
         # `self.get(id)` on a missing row answers this 404 (app.core.errors maps the error).
         error_messages: ErrorMessages | None = {"not_found": USER_NOT_FOUND}
