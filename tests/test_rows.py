@@ -11,13 +11,15 @@ from uuid import uuid4
 
 import asyncpg
 import pytest
-from sqlalchemy import bindparam, func, literal_column, select
+from litestar.exceptions import NotFoundException
+from sqlalchemy import bindparam, delete, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from app.core.rows import FastRow, is_autocommit
 from app.core.settings import Settings
 from app.posts.models import Post
+from app.posts.schemas import PostCreate
 from app.posts.services import _INSERT_POST as INSERT_POST
 from app.posts.services import PostService
 from app.users.models import User
@@ -184,6 +186,24 @@ async def test_a_write_inside_a_transaction_goes_through_the_session_and_rolls_b
         row = await INSERT_POST.first(session, _post_values(ann.id, "Rolled back"))
         assert (row or {})["title"] == "Rolled back"
         assert fetchrows == []  # sent by the session, inside its transaction
+        await session.rollback()
+    assert await _titles(engine, ann.id) == []
+
+
+@pytest.mark.parametrize("autocommit", [True, False], ids=["one statement", "in a transaction"])
+async def test_a_post_whose_author_was_hard_deleted_after_the_token_check_is_the_authors_404(
+    engine: AsyncEngine, make_user: MakeUser, autocommit: bool
+) -> None:
+    # The race of P1 against U7: the token check loaded the author, then a superuser deleted the row before the
+    # INSERT. The foreign key refuses the post; the route answers 404 `User not found`, not 500.
+    ann = await make_user("ann")
+    async with engine.begin() as connection:
+        await connection.execute(delete(User).where(User.id == ann.id))
+    bind = engine.execution_options(isolation_level="AUTOCOMMIT") if autocommit else engine
+    async with async_sessionmaker(bind)() as session:
+        with pytest.raises(NotFoundException) as raised:
+            await PostService(session=session).create_for(ann, PostCreate(title="Orphan", text="Text."))
+        assert raised.value.detail == "User not found"
         await session.rollback()
     assert await _titles(engine, ann.id) == []
 

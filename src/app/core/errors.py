@@ -34,6 +34,7 @@ _MISSING_PARAMETER = re.compile(r"Missing required (query|header|cookie|path) pa
 # Fixed texts shared by many routes (SPEC §1.3).
 NOT_AUTHENTICATED = "Not authenticated"
 USER_NOT_AUTHENTICATED = "User not authenticated."
+USER_NOT_FOUND = "User not found"  # every route that names a user, P1 included (SPEC §4.3, §4.4)
 NOT_ENOUGH_PRIVILEGES = "You do not have enough privileges."
 FORBIDDEN = "Request forbidden -- authorization will not help"
 RATE_LIMIT_EXCEEDED = "Rate limit exceeded."

@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, Row, bindparam, exists, false, func, or_, 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import Repository, lock_row, save_unique, utc_now
-from app.core.errors import USER_NOT_AUTHENTICATED, UnprocessableError
+from app.core.errors import USER_NOT_AUTHENTICATED, USER_NOT_FOUND, UnprocessableError
 from app.core.fields import storable
 from app.core.guards import ensure_owner
 from app.core.passwords import hash_password
@@ -25,7 +25,6 @@ from app.tiers.models import RateLimit, Tier
 from app.users.models import User
 from app.users.schemas import RESERVED_USERNAMES, UserCreate, UserRead, UserUpdate, normalize_email
 
-USER_NOT_FOUND = "User not found"
 TIER_NOT_FOUND = "Tier not found"
 EMAIL_TAKEN = "Email is already registered"
 USERNAME_TAKEN = "Username not available"
