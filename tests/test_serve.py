@@ -125,3 +125,51 @@ def test_sigterm_while_the_workers_boot_stops_at_once(
             process.wait()
     assert status == 0, log.read_text()
     assert "refused to gracefully stop" not in log.read_text()
+
+
+def test_workers_stop_when_the_supervisor_is_killed(
+    test_env: dict[str, str], project_root: Path, tmp_path: Path
+) -> None:
+    """A supervisor killed outright (SIGKILL, the OOM killer) takes its workers with it: they no longer serve on,
+    unsupervised, holding the port."""
+    log = tmp_path / "killed.log"
+    process, port = start(test_env, project_root, log)
+    workers = _children(process.pid)
+    try:
+        assert len(workers) == 2, log.read_text()
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + GRACE_SECONDS + 5
+        while any(_alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        try:
+            served = httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            served = False
+        assert not served
+    finally:
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _children(parent: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a parent (init, here) to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

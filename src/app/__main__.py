@@ -9,6 +9,7 @@ its workers, and gives them the directory where they share their Prometheus metr
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import shutil
@@ -32,6 +33,7 @@ _ALL_INTERFACES = {"0.0.0.0", "::", ""}  # noqa: S104 - only compared with, to s
 # process before the variable is set would leave forked workers in single-process mode.
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 _PRIVATE_PREFIX = "app-metrics-"  # + the supervisor's pid: a directory whose server is gone can be removed
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def main() -> None:
@@ -48,6 +50,8 @@ def main() -> None:
         exit_with(exc)
     if sys.platform != "win32":
         stop_booting_workers_at_once()
+    if sys.platform.startswith("linux"):
+        end_workers_with_the_supervisor()
     with metrics_directory():
         serve(settings, reload=reload)
 
@@ -102,6 +106,22 @@ def stop_booting_workers_at_once() -> None:
         after_in_parent=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, terminate),
         after_in_child=in_child,
     )
+
+
+def end_workers_with_the_supervisor() -> None:
+    """A worker whose supervisor is gone (SIGKILL, the OOM killer) gets SIGTERM and stops like any other stop,
+    instead of serving on, unsupervised, and keeping the port from a restarted server. Linux's parent-death signal,
+    set in each forked worker. Granian forks its workers from this process's main thread only, whose end is the
+    process's end (the signal follows the thread that forked)."""
+    supervisor = os.getpid()
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != supervisor:  # gone already, before the signal was asked for
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    os.register_at_fork(after_in_child=in_child)
 
 
 def serve(settings: Settings, *, reload: bool) -> None:
