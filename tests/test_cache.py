@@ -25,6 +25,7 @@ from app.core.cache import (
     NAMESPACE,
     SCAN_COUNT,
     SCANS_PER_CALL,
+    STORE_NAME,
     FailOpenRedisStore,
     Invalidation,
     ResponseCache,
@@ -424,6 +425,60 @@ async def test_an_entry_whose_family_marker_is_gone_is_a_miss(store: Any, cache_
         None,
         b"2",
     ]
+
+
+async def test_a_miss_stores_its_response_only_if_no_invalidation_touched_its_family_meanwhile(
+    store: Any, settings: Any, cache_redis: redis.Redis
+) -> None:
+    cache_store, _ = store
+    assert await cache_store.get("ann_post_cache:1") is None
+    await cache_store.set("ann_post_cache:1", b"read and stored, nothing in between", 60)
+    assert await cache_store.get("ann_post_cache:1") == b"read and stored, nothing in between"
+    for invalidation in (Invalidation(keys={"ann_post_cache:2"}), Invalidation(patterns={"ann_post_cache:*"})):
+        assert await cache_store.get("ann_post_cache:3") is None
+        await _invalidate(settings, invalidation)  # a write committed after the miss read the database
+        await cache_store.set("ann_post_cache:3", b"older than the write", 60)
+        assert cache_keys(cache_redis) & {f"{NAMESPACE}:ann_post_cache:3"} == set(), invalidation
+    assert await cache_store.get("bob_post_cache:1") is None
+    await _invalidate(settings, Invalidation(keys={"ann_post_cache:1"}))  # another family: no effect on this miss
+    await cache_store.set("bob_post_cache:1", b"bob's", 60)
+    assert await cache_store.get("bob_post_cache:1") == b"bob's"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/ann/post/{id}", "/api/v1/ann/posts"])
+async def test_a_write_between_a_miss_and_its_store_is_not_overwritten_by_the_older_response(
+    client: Client,
+    app: Litestar,
+    ann_post: Post,
+    db_session: AsyncSession,
+    settings: Any,
+    cache_redis: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+) -> None:
+    # The race of a cache miss against a PATCH: the miss read the row, the PATCH committed and invalidated, then
+    # the miss stored what it had read. Without the family epoch that older response was served for up to an hour.
+    path = path.format(id=ann_post.id)
+    cache_store = app.stores.get(STORE_NAME)
+    store_response = cache_store.set
+    raced: list[str] = []
+
+    async def patched_in_between(key: str, value: bytes, expires_in: Any = None) -> None:
+        if not raced:
+            raced.append(key)
+            await rename_behind_the_api(db_session, ann_post, "Fresh")
+            # What P4's commit invalidates (SPEC §6.4); the pages' family has nothing stored yet: no walk there.
+            await _invalidate(settings, Invalidation(keys={f"ann_post_cache:{ann_post.id}"}, patterns={"ann_posts:*"}))
+        await store_response(key, value, expires_in)
+
+    monkeypatch.setattr(cache_store, "set", patched_in_between)
+    older = await client.get(path)
+    assert older.status_code == 200
+    assert "Fresh" not in older.text  # read before the write
+    assert raced
+    assert cache_keys(cache_redis) == set()
+    assert "Fresh" in (await client.get(path)).text
+    assert len(cache_keys(cache_redis)) == 1  # the next miss is stored as usual
 
 
 async def test_a_cancelled_read_leaves_the_others_of_its_batch_answered(store: Any) -> None:

@@ -12,6 +12,8 @@ invalidation path that runs after the request's transaction committed.
   that filled it; hooks that add per-request headers (rate limits, Cache-Control) run again on every hit.
 - Pattern invalidation is SPEC §6.4's SCAN walk of the keyspace, skipped for a pattern whose key family has
   nothing stored (``FAMILIES``).
+- A miss stores its response only if no invalidation touched its key's family meanwhile (``EPOCHS``): a write
+  that commits between a miss's database read and its store is never overwritten by the older response.
 - A cache Redis that does not answer costs a request about a second: reads fall through to the handler, writes
   and invalidations are logged at ERROR, and the request succeeds (§6.5).
 """
@@ -23,6 +25,7 @@ import fnmatch
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, get_args, get_origin, get_type_hints
@@ -63,7 +66,13 @@ FAMILIES = f"{NAMESPACE}-family"
 of a family may be stored, ``response_cache-family:<family>`` exists (``family_marker``). It lets a write skip the
 SCAN walk of a pattern whose family has nothing stored. An entry is only read while its family's marker exists, so
 a marker that is gone (deleted after a walk, evicted, flushed) can never leave an entry readable unwalked."""
+EPOCHS = f"{NAMESPACE}-epoch"
+"""``response_cache-epoch:<family>`` counts the invalidations that touched the family (``family_epoch``). A read that
+misses notes it; the response it then builds is stored only if the count did not move meanwhile, so a write that
+committed between the miss's database read and its store cannot be overwritten by the older response."""
+EPOCH_LIFETIME = 2 * DEFAULT_EXPIRATION  # seconds; far longer than any request between its miss and its store
 _STORE = """
+if ARGV[3] ~= '-' and (redis.call('GET', KEYS[3]) or '') ~= ARGV[3] then return 0 end
 if ARGV[2] == '' then
   redis.call('SET', KEYS[1], ARGV[1])
   redis.call('SET', KEYS[2], '1')
@@ -74,10 +83,16 @@ local left = redis.call('PTTL', KEYS[2])
 if left ~= -1 and left < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
 return 1
 """
-"""KEYS: the entry, its family marker; ARGV: the value, its lifetime in ms (empty: none). The marker lives at least
-as long as the entry, in the same atomic step."""
+"""KEYS: the entry, its family marker, its family epoch; ARGV: the value, its lifetime in ms (empty: none), the
+epoch its miss saw (empty: none; ``-``: not read through this store, stored as is). The marker lives at least as long
+as the entry, in the same atomic step."""
 _DELETE = """
-if #KEYS > 0 then redis.call('DEL', unpack(KEYS)) end
+local epochs = tonumber(ARGV[7])
+for i = 1, epochs do
+  redis.call('INCR', KEYS[i])
+  redis.call('EXPIRE', KEYS[i], ARGV[8])
+end
+if #KEYS > epochs then redis.call('DEL', unpack(KEYS, epochs + 1)) end
 local cursor = ARGV[1]
 if ARGV[2] == '' then return '0' end
 if ARGV[5] ~= '' and cursor == '0' and redis.call('EXISTS', ARGV[5]) == 0 then return '0' end
@@ -90,12 +105,16 @@ end
 if cursor == '0' and ARGV[6] == '1' then redis.call('DEL', ARGV[5]) end
 return cursor
 """
-"""KEYS: keys to delete; ARGV: SCAN cursor, MATCH pattern (empty: none), COUNT, SCANs at most, the family marker of
-the pattern (empty: it has none, walk anyway), ``1`` when the pattern is its whole family (the marker goes once the
-walk is done). Returns the cursor to continue from, ``0`` when the keyspace has been walked or nothing can match."""
+"""KEYS: the family epochs to count up (the first ``ARGV[7]``), then the keys to delete; ARGV: SCAN cursor, MATCH
+pattern (empty: none), COUNT, SCANs at most, the family marker of the pattern (empty: it has none, walk anyway), ``1``
+when the pattern is its whole family (the marker goes once the walk is done), the number of epochs, their lifetime in
+seconds. Returns the cursor to continue from, ``0`` when the keyspace has been walked or nothing can match."""
 _INVALIDATES = "cache_invalidates"  # route handler ``opt`` key of a write route's invalidation
 _PENDING = "cache_invalidations"  # ``session.info`` key of the invalidations waiting for the commit
 _UNCACHEABLE = "uncacheable:"  # key of a request whose values are not canonical: never written, so never read
+# The (logical key, epoch) of this request's last miss: Litestar reads the cache and stores the response in the same
+# task, and a request reads at most one cached route. A value, not a dict, so nothing accumulates in a context.
+_MISS: ContextVar[tuple[str, bytes | None] | None] = ContextVar("response_cache_miss", default=None)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _GLOB_SPECIAL = re.compile(r"([\[\]*?\\])")
 
@@ -128,6 +147,12 @@ def family_marker(key: str) -> str | None:
     return f"{FAMILIES}:{family}" if colon else None
 
 
+def family_epoch(key: str) -> str | None:
+    """The Redis key of the family epoch of the logical ``key`` (``EPOCHS``); ``None`` for a key without ``:``."""
+    family, colon, _ = key.partition(":")
+    return f"{EPOCHS}:{family}" if colon else None
+
+
 def pattern_family(pattern: str) -> tuple[str, bool]:
     """The family marker every key matching ``pattern`` shares (empty when the family part is not literal), and
     whether the pattern matches the whole family (``<family>:*``)."""
@@ -150,7 +175,7 @@ class FailOpenRedisStore(RedisStore):
 
     def __init__(self, redis: Redis, namespace: str) -> None:
         super().__init__(redis, namespace=namespace)
-        self._batch: list[tuple[str, str, asyncio.Future[bytes | None]]] | None = None
+        self._batch: list[tuple[str, str, str, asyncio.Future[tuple[bytes | None, bytes | None]]]] | None = None
         self._fetching: set[asyncio.Task[None]] = set()  # the event loop keeps only weak references to tasks
         self._store = redis.register_script(_STORE)
 
@@ -161,15 +186,17 @@ class FailOpenRedisStore(RedisStore):
         if self._batch is None:
             self._batch = []
             loop.call_soon(self._send_batch, loop)
-        value: asyncio.Future[bytes | None] = loop.create_future()
+        value: asyncio.Future[tuple[bytes | None, bytes | None]] = loop.create_future()
         entry = self._make_key(key)
-        self._batch.append((entry, family_marker(key) or entry, value))
+        self._batch.append((entry, family_marker(key) or entry, family_epoch(key) or entry, value))
         try:
-            found = await value
+            found, epoch = await value
         except (RedisError, OSError) as error:
             logger.error("response cache unavailable", operation="get", error=type(error).__name__)
-            found = None
+            found, epoch = None, None
         record_cache_lookup(hit=found is not None)
+        if found is None:
+            _MISS.set((key, epoch))
         return found
 
     def _send_batch(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -178,19 +205,22 @@ class FailOpenRedisStore(RedisStore):
         self._fetching.add(fetch)
         fetch.add_done_callback(self._fetching.discard)
 
-    async def _fetch(self, batch: list[tuple[str, str, asyncio.Future[bytes | None]]]) -> None:
+    async def _fetch(
+        self, batch: list[tuple[str, str, str, asyncio.Future[tuple[bytes | None, bytes | None]]]]
+    ) -> None:
+        """One ``MGET`` of every entry, its family marker and its family epoch."""
         try:
             async with bounded():
-                values = await self._redis.mget([entry for entry, _, _ in batch] + [marker for _, marker, _ in batch])
+                values = await self._redis.mget([key for read in batch for key in read[:3]])
         except (RedisError, OSError) as error:
-            for _, _, waiter in batch:
+            for *_, waiter in batch:
                 if not waiter.done():  # a request cancelled meanwhile no longer waits
                     waiter.set_exception(error)
             return
-        found, markers = values[: len(batch)], values[len(batch) :]
-        for (_, _, waiter), value, marker in zip(batch, found, markers, strict=True):
+        for index, (*_, waiter) in enumerate(batch):
+            value, marker, epoch = values[3 * index : 3 * index + 3]
             if not waiter.done():
-                waiter.set_result(value if marker is not None else None)
+                waiter.set_result((value if marker is not None else None, epoch))
 
     async def set(self, key: str, value: str | bytes, expires_in: int | timedelta | None = None) -> None:
         if isinstance(expires_in, timedelta):
@@ -202,9 +232,20 @@ class FailOpenRedisStore(RedisStore):
                     await super().set(key, value, expires_in)
                 else:
                     lifetime = str(expires_in * 1000) if expires_in else ""
-                    await self._store(keys=[self._make_key(key), marker], args=[value, lifetime])
+                    keys = [self._make_key(key), marker, family_epoch(key) or marker]
+                    await self._store(keys=keys, args=[value, lifetime, self._epoch_seen(key)])
         except (RedisError, OSError) as error:
             logger.error("response cache unavailable", operation="set", error=type(error).__name__)
+
+    @staticmethod
+    def _epoch_seen(key: str) -> bytes | str:
+        """What this request's miss of ``key`` saw of its family epoch (``b""``: none yet); ``-`` if it read no such
+        miss here (an entry written directly, not by a cached route)."""
+        miss = _MISS.get()
+        if miss is None or miss[0] != key:
+            return "-"
+        _MISS.set(None)
+        return miss[1] or b""
 
 
 class MeteredMemoryStore(MemoryStore):
@@ -280,7 +321,15 @@ class ResponseCache:
     async def _invalidate_redis(delete: AsyncScript, invalidation: Invalidation) -> None:
         """The keys go with the first call; each pattern walks the keyspace SCANS_PER_CALL × SCAN_COUNT keys per
         call, every call bounded on its own, unless its family has nothing stored (``FAMILIES``)."""
-        keys = [f"{NAMESPACE}:{key}" for key in invalidation.keys]
+        epochs = sorted(
+            {epoch for key in invalidation.keys if (epoch := family_epoch(key))}
+            | {
+                f"{EPOCHS}{marker.removeprefix(FAMILIES)}"
+                for p in invalidation.patterns
+                if (marker := pattern_family(p)[0])
+            }
+        )
+        keys = [*epochs, *(f"{NAMESPACE}:{key}" for key in invalidation.keys)]
         for pattern in invalidation.patterns or [""]:
             match = f"{NAMESPACE}:{pattern}" if pattern else ""
             marker, whole = pattern_family(pattern)
@@ -288,8 +337,8 @@ class ResponseCache:
             while True:
                 async with bounded():
                     args = [cursor, match, SCAN_COUNT, SCANS_PER_CALL, marker, "1" if whole else ""]
-                    cursor = await delete(keys=keys, args=args)
-                keys = []
+                    cursor = await delete(keys=keys, args=[*args, len(epochs), EPOCH_LIFETIME])
+                keys, epochs = [], []
                 if cursor in (b"0", "0"):
                     break
 
