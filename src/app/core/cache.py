@@ -321,14 +321,9 @@ class ResponseCache:
     async def _invalidate_redis(delete: AsyncScript, invalidation: Invalidation) -> None:
         """The keys go with the first call; each pattern walks the keyspace SCANS_PER_CALL × SCAN_COUNT keys per
         call, every call bounded on its own, unless its family has nothing stored (``FAMILIES``)."""
-        epochs = sorted(
-            {epoch for key in invalidation.keys if (epoch := family_epoch(key))}
-            | {
-                f"{EPOCHS}{marker.removeprefix(FAMILIES)}"
-                for p in invalidation.patterns
-                if (marker := pattern_family(p)[0])
-            }
-        )
+        # A pattern's family, when literal, is that of any key it matches: the part before its first ':'.
+        literal = (pattern for pattern in invalidation.patterns if pattern_family(pattern)[0])
+        epochs = sorted({epoch for key in (*invalidation.keys, *literal) if (epoch := family_epoch(key))})
         keys = [*epochs, *(f"{NAMESPACE}:{key}" for key in invalidation.keys)]
         for pattern in invalidation.patterns or [""]:
             match = f"{NAMESPACE}:{pattern}" if pattern else ""

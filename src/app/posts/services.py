@@ -17,7 +17,7 @@ from sqlalchemy import Table, bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.cache import format_key, format_pattern, invalidate_after_commit
-from app.core.db import Repository, lock_row, utc_now
+from app.core.db import Repository, caused_by, lock_row, utc_now
 from app.core.errors import USER_NOT_FOUND
 from app.core.fields import is_db_id
 from app.core.rows import FastRow
@@ -43,15 +43,6 @@ _INSERT_POST = FastRow(
     .values({name: bindparam(name) for name in _INSERTED})
     .returning(*(_POST_TABLE.c[field] for field in PostRead.__struct_fields__))
 )
-
-
-def _caused_by(error: BaseException | None, kind: type[BaseException]) -> bool:
-    """Whether ``kind`` is ``error`` or in its cause chain (SQLAlchemy wraps the driver's error in a transaction)."""
-    while error is not None:
-        if isinstance(error, kind):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
 
 
 def invalidate_user_posts(session: AsyncSession, username: str) -> None:
@@ -106,7 +97,7 @@ class PostService(SQLAlchemyAsyncRepositoryService[Post]):
         except Exception as error:
             # The author's row was hard-deleted (U7) after this request's token check found it: the INSERT's
             # foreign key refuses the post, and the route answers as it would have a moment later.
-            if _caused_by(error, asyncpg.ForeignKeyViolationError):
+            if caused_by(error, asyncpg.ForeignKeyViolationError):
                 raise NotFoundException(USER_NOT_FOUND) from None
             raise
         self._invalidate(author, post=None)  # SPEC §6.4 [Δ]: the new post shows on the author's pages at once
