@@ -60,9 +60,9 @@ def counters() -> redis.Redis:
     return redis.Redis(host=REDIS_HOST, port=int(REDIS_PORT), db=int(REDIS_DB), decode_responses=True)
 
 
-def logged_errors(log_file: Path) -> list[dict[str, Any]]:
+def auth_log(log_file: Path, level: str = "error") -> list[dict[str, Any]]:
     lines = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
-    return [line for line in lines if line.get("level") == "error" and line.get("logger") == "app.auth"]
+    return [line for line in lines if line.get("level") == level and line.get("logger") == "app.auth"]
 
 
 async def test_a_brute_force_is_refused_after_the_limit_without_verifying_passwords(
@@ -87,6 +87,30 @@ async def test_a_brute_force_is_refused_after_the_limit_without_verifying_passwo
     assert statistics.median(durations[5:]) < min(durations[:5]) / 4, (durations[:5], durations[5:])
     assert from_owner.status_code == 200  # the owner elsewhere is not locked out by the attacker
     assert right_password_from_attacker.status_code == 429  # not even the right password gets checked
+
+
+async def test_an_ipv6_client_rotating_through_its_own_64_gets_no_fresh_counters(
+    throttled: Callable[..., Any], make_user: MakeUser, log_file: Path
+) -> None:
+    await make_user("ann")
+    network, neighbour = "2001:db8:a:b:", "2001:db8:a:c::1"  # the next /64: another subscriber
+    async with throttled(LOGIN_MAX_FAILURES="3", LOGIN_MAX_FAILURES_PER_ADDRESS="3") as client:
+        # One guess per address, each spelled its own way: full, upper case, compressed, with a zone.
+        guesses = [
+            await log_in(client, "ann", "nope", address=address)
+            for address in (f"{network}0:0:0:1", f"{network.upper()}FFFF::2", f"{network}:3", f"{network}:4%eth0")
+        ]
+        sprayed = await log_in(client, "bob", "nope", address=f"{network}:5")
+        neighbour_logs_in = await log_in(client, "ann", PASSWORD, address=neighbour)
+    assert [response.status_code for response in guesses] == [401, 401, 401, 429]  # 3 per account and /64
+    assert sprayed.status_code == 429  # its 3 failures reached the address limit of the /64 too
+    assert neighbour_logs_in.status_code == 200
+    with counters() as store:
+        assert sorted(store.keys("ratelimit:login:address:*")) == ["ratelimit:login:address:2001:db8:a:b::/64"]
+    assert {(line["limit"], line["address"]) for line in auth_log(log_file, "warning")} == {
+        ("account", "2001:db8:a:b::/64"),
+        ("address", "2001:db8:a:b::/64"),
+    }
 
 
 async def test_the_lockout_ends_with_its_window(throttled: Callable[..., Any], make_user: MakeUser) -> None:
@@ -153,7 +177,7 @@ async def test_an_unreachable_redis_still_throttles_in_the_process_and_never_500
         from_owner = await log_in(client, "ann", PASSWORD, address=OWNER)
     assert statuses == [401, 401, 401, 429, 429, 429]  # fail closed, through the in-process counters
     assert from_owner.status_code == 200
-    errors = logged_errors(log_file)
+    errors = auth_log(log_file)
     assert errors
     assert all(error["event"] == "login throttle store unavailable, counting in this process" for error in errors)
 

@@ -213,6 +213,13 @@ async def test_anonymous_callers_are_keyed_by_the_forwarded_address_only_from_a_
         (("10.0.1.7", 1), {"x-forwarded-for": "203.0.113.1"}, TrustedProxies.parse("10.0.0.0/24"), "10.0.1.7"),
         (("10.0.0.7", 1), {"x-forwarded-for": "203.0.113.1"}, None, "203.0.113.1"),
         (None, {"x-forwarded-for": "203.0.113.1"}, None, "unknown"),
+        # One client, one subject: an IPv6 address counts by its /64, however spelled; IPv4-mapped as IPv4.
+        (("10.0.0.1", 1), {"x-forwarded-for": "2001:DB8:1:2:0:0:0:9"}, None, "2001:db8:1:2::/64"),
+        (("10.0.0.1", 1), {"x-real-ip": "2001:db8:1:2:ffff::1%eth0"}, None, "2001:db8:1:2::/64"),
+        (("10.0.0.1", 1), {"x-forwarded-for": "::ffff:203.0.113.1"}, None, "203.0.113.1"),
+        (("2001:db8:5:6::7", 1), {}, None, "2001:db8:5:6::/64"),
+        (("2001:db8:5:6::7", 1), {"x-forwarded-for": "203.0.113.1"}, frozenset({"10.0.0.1"}), "2001:db8:5:6::/64"),
+        (("::1", 1), {}, None, "::1"),
     ],
 )
 def test_client_address(

@@ -48,6 +48,7 @@ LOGIN_THROTTLE = "login_throttle"
 # Entries of the in-process counters: beyond this the oldest are forgotten, so a flood of addresses during a Redis
 # outage cannot exhaust memory (each entry is a key and a tuple, ~200 bytes).
 LOCAL_CAPACITY = 10_000
+_ADDRESS_PREFIX = "ratelimit:login:address:"
 
 # KEYS: the (account, address) counter, the address counter. ARGV: their limits, the window in seconds.
 # Checks both, reserves a failure on the first. Returns {seconds to wait (0: admitted), count 1, count 2}.
@@ -159,7 +160,7 @@ class LoginThrottle:
         # Hashed: bounded key length whatever was typed, and no account names in the key space. Case and outer
         # spaces are folded so that `Ann ` does not get a counter of its own.
         account = hashlib.sha256(identifier.strip().casefold().encode(errors="replace")).hexdigest()
-        attempt = LoginAttempt((f"ratelimit:login:account:{address}:{account}", f"ratelimit:login:address:{address}"))
+        attempt = LoginAttempt((f"ratelimit:login:account:{address}:{account}", f"{_ADDRESS_PREFIX}{address}"))
         verdict = await self._reserve(connection.app, attempt)
         if verdict.wait:
             raise TooManyRequestsException(LOGIN_THROTTLED, headers={"Retry-After": str(verdict.wait)})
@@ -183,7 +184,7 @@ class LoginThrottle:
         if count is None:
             count = self.local.failed(address_key, self.window)
         if count == self.limits[1]:
-            address = address_key.rsplit(":", 1)[-1]
+            address = address_key.removeprefix(_ADDRESS_PREFIX)
             logger.warning("failed login limit reached", limit="address", address=address, window=self.window)
 
     async def succeeded(self, connection: ASGIConnection[Any, Any, Any, Any], attempt: LoginAttempt | None) -> None:

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any, Protocol
 
 import structlog
@@ -52,6 +53,7 @@ POLICY_HEADER, LIMIT_HEADER, REMAINING_HEADER, RESET_HEADER = (
     "RateLimit-Remaining",
     "RateLimit-Reset",
 )
+IPV6_SUBJECT_PREFIX = 64  # an IPv6 client counts by its /64 network (``address_subject``)
 RULES_TTL = 24 * 3600  # a safety net only: rule writes invalidate at once (``invalidate_rate_limit_rules``)
 
 # Rules hash ``ratelimit:rules:<generation>:<tier id>``: ``name`` → tier name, ``path:<path>`` → ``<limit>:<period>``.
@@ -337,26 +339,43 @@ def resolve(rules: TierRules, hit: Hit) -> tuple[tuple[int, int], str]:
 
 
 def client_address(connection: ASGIConnection[Any, Any, Any, Any], trusted: Container[str] | None) -> str:
-    """SPEC §5.3: the peer; from a trusted peer (``None``: all) the left-most X-Forwarded-For, else X-Real-IP."""
+    """SPEC §5.3: the peer; from a trusted peer (``None``: all) the left-most X-Forwarded-For, else X-Real-IP.
+
+    The address is the one subject of its client (``address_subject``): an IPv6 client counts by its /64 network.
+    """
     client = connection.scope.get("client")
     if not client:
         return "unknown"
     peer = str(client[0])
-    if trusted is not None and peer not in trusted:
-        return peer
-    forwarded = connection.headers.get("x-forwarded-for", "").split(",")[0].strip()
-    for candidate in (forwarded, connection.headers.get("x-real-ip", "").strip()):
-        if candidate and _is_ip(candidate):
-            return candidate
-    return peer
+    if trusted is None or peer in trusted:
+        forwarded = connection.headers.get("x-forwarded-for", "").split(",")[0].strip()
+        for candidate in (forwarded, connection.headers.get("x-real-ip", "").strip()):
+            if candidate and (subject := address_subject(candidate)) is not None:
+                return subject
+    return address_subject(peer) or peer
 
 
-def _is_ip(value: str) -> bool:
+@lru_cache(maxsize=4096)
+def address_subject(value: str) -> str | None:
+    """The counter subject of one client address, ``None`` for a value that is none.
+
+    One client, one subject, however it is spelled or whichever address it takes: an IPv4 address as written
+    canonically, an IPv4-mapped IPv6 address (``::ffff:203.0.113.1``) as that IPv4 address, and any other IPv6
+    address as its /64 network (``2001:db8:1:2::/64``; a zone ``%eth0`` dropped). A /64 is what one subscriber is
+    given, so a client that rotates through the 2^64 addresses of its own gets no fresh counters for its logins or its
+    anonymous requests; clients share a /64 only on one link.
+    """
     try:
-        ipaddress.ip_address(value)
+        address = ipaddress.ip_address(value)
     except ValueError:
-        return False
-    return True
+        return None
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    if address.is_loopback:
+        return "::1"
+    return str(ipaddress.IPv6Network((int(address), IPV6_SUBJECT_PREFIX), strict=False))
 
 
 async def rate_limit(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
