@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, TypeVar, get_type_hints
 from urllib.parse import quote, urlsplit
@@ -60,6 +61,7 @@ class TrustedProxies:
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
+    @cache  # read per request (``AppSettings.trusted_proxies``); a value is parsed once
     def parse(cls, value: str) -> TrustedProxies | None:
         """``None`` for ``*`` (every peer); a ``SettingsError`` naming the entry that is neither address nor network."""
         entries = [entry.strip() for entry in value.split(",") if entry.strip()]
