@@ -118,6 +118,30 @@ async def test_one_route_with_many_ids_is_one_path_label(client: Client) -> None
     )
 
 
+async def test_requests_that_match_no_route_are_counted_as_path_none(client: Client) -> None:
+    """404 and 405 from the router (a scanner, a wrong method) reach no route's middleware: counted with the path
+    ``none``, a made-up method as OTHER, so neither URLs nor methods can add series."""
+    before = await scrape(client)
+    for number in range(20):
+        assert (await client.get(f"/wp-admin/{number}.php")).status_code == 404
+    assert (await client.delete(HEALTH)).status_code == 405
+    assert (await client.request("BREW", "/coffee")).status_code == 404
+    assert (await client.get(HEALTH)).status_code == 200
+    assert (await client.get("/api/v1/user/nobody")).status_code == 404  # a route's own 404: its path template
+    after = await scrape(client)
+
+    def delta(**labels: str) -> float:
+        return value(after, "litestar_requests_total", **labels) - value(before, "litestar_requests_total", **labels)
+
+    assert delta(method="GET", path="none", status_code="404") == 20
+    assert delta(method="DELETE", path="none", status_code="405") == 1
+    assert delta(method="OTHER", path="none", status_code="404") == 1
+    assert delta(path="none") == 22
+    assert delta(method="GET", path=HEALTH, status_code="200") == 1  # a routed request is counted once, as before
+    paths = {dict(labels)["path"] for name, labels in after if name == "litestar_requests_total"}
+    assert not [path for path in paths if "wp-admin" in path or "coffee" in path]
+
+
 async def test_batched_counts_match_what_each_request_observed(client: Client, settings: Settings) -> None:
     """Counted in the process, written in batches: the histogram's buckets, count and sum still add up, and the
     in-progress gauge is back to zero."""

@@ -35,6 +35,7 @@ from litestar.enums import ScopeType
 from litestar.plugins import InitPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.response import Response
+from litestar.types import Receive, Scope, Send
 from litestar_saq import TaskQueues
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -193,9 +194,16 @@ class MetricsPlugin(InitPlugin):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.middleware.insert(0, self.config.middleware)
+        # Requests that match no route never reach the middleware: one instance of its own counts them.
+        app_config.after_exception.append(RequestMetrics(_no_route, self.config).count_unrouted)
         app_config.route_handlers.append(MetricsController)
         app_config.on_shutdown.append(flush_request_metrics)
         return app_config
+
+
+async def _no_route(_scope: Scope, _receive: Receive, _send: Send) -> None:
+    """The app of the ``RequestMetrics`` that counts unrouted requests: it never serves one."""
+    raise NotImplementedError
 
 
 def build_metrics(settings: Settings) -> MetricsPlugin:

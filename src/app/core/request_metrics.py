@@ -16,11 +16,17 @@ from bisect import bisect_left
 from time import perf_counter
 from typing import Any
 
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 FLUSH_SECONDS = 1.0
+UNROUTED = "none"
+"""The ``path`` label of a request that matched no route (404, 405; 400 for a bad ``Host``), as the FastAPI
+instrumentator labels one: route-level middleware never sees it, ``RequestMetrics.count_unrouted`` counts it."""
+# Any token is a method to the server: an unknown one counts as OTHER, so made-up methods cannot add series.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 # Every live middleware of this process, so a scrape and the shutdown hook can write what they counted.
 _instances: weakref.WeakSet[RequestMetrics] = weakref.WeakSet()
@@ -104,13 +110,28 @@ class RequestMetrics(PrometheusMiddleware):
             status = status or 200
             series = self.series.get((method, path, status)) or self._bind(method, path, status)
             elapsed = (finished or perf_counter()) - started
-            series.count += 1
             series.total += elapsed
             series.buckets[bisect_left(series.duration._upper_bounds, elapsed)] += 1
-            if not series.pending:
-                series.pending = True
-                self.pending.append(series)
-            self._schedule()
+            self._count(series)
+
+    async def count_unrouted(self, exception: Exception, scope: Scope) -> None:
+        """The app's ``after_exception`` hook: a request that matched no route is counted with the path ``none``.
+
+        Only counted, not timed: it ends before the router returns and nothing marks its start. The exception
+        handlers of the routes call this hook too, for requests the middleware has counted (``route_handler`` set).
+        """
+        if scope["type"] != ScopeType.HTTP or scope.get("route_handler") is not None:
+            return
+        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+        status = exception.status_code if isinstance(exception, HTTPException) else 500
+        self._count(self.series.get((method, UNROUTED, status)) or self._bind(method, UNROUTED, status))
+
+    def _count(self, series: _Series) -> None:
+        series.count += 1
+        if not series.pending:
+            series.pending = True
+            self.pending.append(series)
+        self._schedule()
 
     def flush(self) -> None:
         self.timer_loop = None
