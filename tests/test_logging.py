@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +26,7 @@ from app.core.settings import Settings
 from app.main import create_app
 from app.users.models import User
 from tests.helpers import bearer
+from tests.servers import PROJECT_ROOT
 
 pytestmark = pytest.mark.anyio
 
@@ -149,6 +153,50 @@ def test_the_log_file_rotates_at_its_size_limit_and_each_record_is_written_once(
     # None written twice (a rotation check that rendered a record twice must not write it twice).
     assert len(set(numbers)) == len(numbers)
     assert max(numbers) == 39
+
+
+# One worker process writing its lines to the shared log file (granian's workers all log to LOG_FILE_PATH).
+LOG_WRITER = """
+import os, sys, time
+from app.core import logging as app_logging
+from app.core.settings import Settings
+
+name, max_bytes, lines, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+app_logging.LOG_FILE_MAX_BYTES = max_bytes
+app_logging.configure_logging(Settings.from_env(os.environ))
+time.sleep(max(0.0, start - time.time()))
+for number in range(lines):
+    app_logging.access_logger.info("request", writer=name, number=number, padding="x" * 100)
+    time.sleep(0.0005)
+"""
+
+
+def test_worker_processes_sharing_the_log_file_rotate_it_once_and_lose_no_line(tmp_path: Path) -> None:
+    """Each process rotating on its own shifted the others' fresh files out: backups held a few lines each, and a
+    file still being written to was deleted past the last backup with its lines."""
+    log_file, writers, lines, max_bytes = tmp_path / "app.log", 3, 400, 70_000  # ~300 kB: 5 of the 6 files
+    env = {**os.environ, "LOG_FILE_PATH": str(log_file), "ENVIRONMENT": "production", "LOG_LEVEL": "INFO"}
+    start = time.time() + 3
+    processes = [
+        subprocess.Popen(  # noqa: S603 - this interpreter and a script of this test
+            [sys.executable, "-c", LOG_WRITER, f"w{index}", str(max_bytes), str(lines), str(start)],
+            cwd=PROJECT_ROOT / "src",
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for index in range(writers)
+    ]
+    assert [process.wait(timeout=60) for process in processes] == [0] * writers
+    files = sorted(tmp_path.glob("app.log*"))
+    written = [json.loads(line) for path in files for line in path.read_text().splitlines()]
+    found = sorted((event["writer"], event["number"]) for event in written if event.get("logger") == "app.access")
+    assert found == sorted((f"w{index}", number) for index in range(writers) for number in range(lines))
+    assert len(files) <= 6
+    assert all(path.stat().st_size <= max_bytes for path in files)
+    # Rotated once per full file: every backup but the oldest was filled to within a few lines of the limit.
+    backups = sorted((path for path in files if path.name != "app.log"), key=lambda path: path.name)
+    assert all(path.stat().st_size > max_bytes - 2_000 for path in backups), [p.stat().st_size for p in backups]
 
 
 def test_access_events_are_not_written_below_their_level(

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import logging.handlers
+import os
 import sys
-from collections.abc import MutableMapping
-from contextlib import nullcontext
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from time import perf_counter
@@ -229,12 +230,21 @@ class _Console(logging.StreamHandler):  # type: ignore[type-arg]  # typeshed's T
 
 
 class _RotatingFile(logging.handlers.RotatingFileHandler):
-    """The standard rotating file without its two ``stat`` calls per record: they guard against a log path that
-    is not a regular file (bpo-45401), which is checked once, when the file is opened."""
+    """The standard rotating file, shared by the processes of one server (the supervisor and every Granian worker).
+
+    Each process appends to the file it opened. The first to find it full rotates it, under an exclusive ``flock``
+    of the log directory; the others see that the path names another file now and reopen it, instead of rotating
+    again: that second rotation shifted the fresh file out at once, and a file still being written to was later
+    deleted past the last backup, lines and all. The standard handler's two ``stat`` calls per record guard against
+    a path that is not a regular file (bpo-45401), checked once here, when the file is opened; one ``stat`` per
+    written batch sees another process's rotation.
+    """
 
     def _open(self) -> Any:
         self._regular = Path(self.baseFilename).is_file() or not Path(self.baseFilename).exists()
-        return super()._open()
+        stream = super()._open()
+        self._opened = _identity(os.fstat(stream.fileno()))
+        return stream
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:  # noqa: N802 - the standard library's name
         return self._full_after(len(self.format(record)) + 1)
@@ -244,8 +254,28 @@ class _RotatingFile(logging.handlers.RotatingFileHandler):
             self.stream = self._open()
         if not self._regular or self.maxBytes <= 0:
             return False
+        if self._rotated_elsewhere():
+            self._reopen()
         self.stream.seek(0, 2)  # other worker processes append to the same file
         return bool(self.stream.tell() + length >= self.maxBytes)
+
+    def doRollover(self) -> None:  # noqa: N802 - the standard library's name
+        with _directory_lock(Path(self.baseFilename).parent):
+            if self._rotated_elsewhere():  # another process rotated while this one waited for the lock
+                self._reopen()
+            else:
+                super().doRollover()
+
+    def _rotated_elsewhere(self) -> bool:
+        try:
+            return _identity(os.stat(self.baseFilename)) != self._opened
+        except FileNotFoundError:  # renamed, its successor not yet created
+            return True
+
+    def _reopen(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        self.stream = self._open()
 
     def write_line(self, line: str) -> None:
         """Rendered lines, rotating first when they would fill the file (as ``emit`` does for a record)."""
@@ -262,6 +292,26 @@ class _RotatingFile(logging.handlers.RotatingFileHandler):
 
 
 _NO_LOCK = nullcontext()
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
+@contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """An exclusive ``flock`` of ``directory``, held by one process of the machine at a time (none on Windows)."""
+    if sys.platform == "win32":
+        yield
+        return
+    import fcntl  # noqa: PLC0415 - POSIX only
+
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 class AccessLog:
