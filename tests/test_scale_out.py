@@ -311,6 +311,21 @@ async def test_a_logout_on_one_instance_is_honoured_by_the_other(stack: Stack, m
     assert [response.status_code for response in through_nginx] == [401] * 4
 
 
+async def test_a_page_served_through_nginx_on_any_port_logs_in_from_its_own_origin(
+    stack: Stack, make_user: MakeUser
+) -> None:
+    """The auth routes accept the API's own origin (app.core.cors): nginx forwards the host as the browser wrote it,
+    port included (``X-Forwarded-Host $http_host``; ``$host`` drops the port, and nginx published on 8080 refused
+    its own pages' logins with 403). Here nginx listens on a free port, never 80."""
+    await make_user("ann")
+    form = {"username": "ann", "password": PASSWORD}
+    async with client(stack.proxy.base_url) as via_nginx:
+        own = await via_nginx.post("/api/v1/login", data=form, headers={"Origin": stack.proxy.base_url})
+        foreign = await via_nginx.post("/api/v1/login", data=form, headers={"Origin": "https://evil.example"})
+    assert own.status_code == 200, own.text
+    assert foreign.status_code == 403
+
+
 # --- client address (SPEC §5.3) -------------------------------------------------------------------------------
 
 
