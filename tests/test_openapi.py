@@ -119,3 +119,16 @@ async def test_delete_answers_200_with_a_body(document: dict[str, Any]) -> None:
         if method == "DELETE":
             assert "204" not in operation["responses"], path
             assert "application/json" in operation["responses"]["200"]["content"], path
+
+
+async def test_bodies_that_refuse_unknown_fields_document_additional_properties_false(
+    document: dict[str, Any],
+) -> None:
+    """A body that answers 422 to an unknown field says so (``additionalProperties: false``); one that ignores unknown
+    fields (SPEC: T1, T2, R3, U8) says nothing."""
+    schemas = document["components"]["schemas"]
+    strict = {name for name, schema in schemas.items() if schema.get("additionalProperties") is False}
+    assert strict == {"UserCreate", "UserUpdate", "PostCreate", "PostUpdate", "RateLimitCreate"}
+    for lenient in ("TierCreate", "TierUpdate", "RateLimitUpdate", "UserTierUpdate"):
+        assert "additionalProperties" not in schemas[lenient]
+        assert schemas[lenient]["type"] == "object"

@@ -31,7 +31,7 @@ from app.core.errors import AppRequest, exception_to_response
 from app.core.keys import load_signing_keys
 from app.core.logging import AccessLog, configure_logging, flush_access_log, log_startup
 from app.core.metrics import build_metrics
-from app.core.openapi import docs_gate, openapi_config
+from app.core.openapi import StrictStructSchemaPlugin, docs_gate, openapi_config
 from app.core.queue import HOURLY, add_queue_dashboard, build_queue_plugin, cron_job, queue_lifespan
 from app.core.rate_limit import RATE_LIMITER, RateLimiter, build_rate_limiter, rate_limit_headers
 from app.core.schemas import provide_pagination
@@ -85,6 +85,7 @@ def _build(settings: Settings, *, announce: bool) -> Litestar:
             queue,
             metrics,
             CommandLinePlugin(),
+            StrictStructSchemaPlugin(),
         ],
         middleware=[auth.middleware],
         state=State(
