@@ -193,10 +193,12 @@ def test_worker_processes_sharing_the_log_file_rotate_it_once_and_lose_no_line(t
     found = sorted((event["writer"], event["number"]) for event in written if event.get("logger") == "app.access")
     assert found == sorted((f"w{index}", number) for index in range(writers) for number in range(lines))
     assert len(files) <= 6
-    assert all(path.stat().st_size <= max_bytes for path in files)
+    sizes = {path.name: path.stat().st_size for path in files}
+    # A process that found the file not yet full writes its line, even when another rotates it meanwhile.
+    assert all(size <= max_bytes + writers * 300 for size in sizes.values()), sizes
     # Rotated once per full file: every backup but the oldest was filled to within a few lines of the limit.
     backups = sorted((path for path in files if path.name != "app.log"), key=lambda path: path.name)
-    assert all(path.stat().st_size > max_bytes - 2_000 for path in backups), [p.stat().st_size for p in backups]
+    assert all(sizes[path.name] > max_bytes - 2_000 for path in backups), sizes
 
 
 def test_access_events_are_not_written_below_their_level(

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import logging.handlers
 import os
+import stat
 import sys
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager, nullcontext
@@ -241,9 +242,9 @@ class _RotatingFile(logging.handlers.RotatingFileHandler):
     """
 
     def _open(self) -> Any:
-        self._regular = Path(self.baseFilename).is_file() or not Path(self.baseFilename).exists()
         stream = super()._open()
-        self._opened = _identity(os.fstat(stream.fileno()))
+        opened = os.fstat(stream.fileno())  # of the file opened: the path may name another one a moment later
+        self._opened, self._regular = _identity(opened), stat.S_ISREG(opened.st_mode)
         return stream
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:  # noqa: N802 - the standard library's name
@@ -294,8 +295,8 @@ class _RotatingFile(logging.handlers.RotatingFileHandler):
 _NO_LOCK = nullcontext()
 
 
-def _identity(stat: os.stat_result) -> tuple[int, int]:
-    return stat.st_dev, stat.st_ino
+def _identity(status: os.stat_result) -> tuple[int, int]:
+    return status.st_dev, status.st_ino
 
 
 @contextmanager
