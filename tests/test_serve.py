@@ -6,6 +6,7 @@ requests already in flight must be answered, the process must exit 0, and no new
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,8 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+import asyncpg
 import httpx
 
+from app.core.db import CREATE_ALL_LOCK
+from tests.conftest import PG_HOST, PG_PASSWORD, PG_PORT, PG_USER
 from tests.servers import free_port
 
 # Long enough for the test's slow request, far below Granian's default of 900 s.
@@ -121,6 +125,56 @@ def test_sigterm_while_the_workers_boot_stops_at_once(
         status = process.wait(timeout=10)
     finally:
         if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert status == 0, log.read_text()
+    assert "refused to gracefully stop" not in log.read_text()
+
+
+def test_workers_signalled_twice_while_their_app_starts_still_stop(
+    test_env: dict[str, str], project_root: Path, tmp_path: Path
+) -> None:
+    """systemd stops a service by signalling all its processes, and the supervisor then signals its workers again
+    (so does the repeated parent-death signal of a killed supervisor). A worker that got its second SIGTERM during its
+    lifespan startup used to hang for good in Granian's handler of the first; the server waited GRANIAN__TIMEOUT."""
+    log = tmp_path / "twice.log"
+    env = {**os.environ, **test_env, "RUN__HOST": "127.0.0.1", "RUN__PORT": str(free_port())}
+    env |= {"GRANIAN__WORKERS": "2", "GRANIAN__TIMEOUT": "60", "LOG_LEVEL": "INFO"}
+    env["DB__CREATE_TABLES_ON_START"] = "true"  # each worker's startup takes the lock below before its create_all
+    loop = asyncio.new_event_loop()
+    lock = loop.run_until_complete(
+        asyncpg.connect(
+            host=PG_HOST, port=int(PG_PORT), user=PG_USER, password=PG_PASSWORD, database=test_env["POSTGRES_DB"]
+        )
+    )  # advisory locks are per database: the app's
+    loop.run_until_complete(lock.execute("SELECT pg_advisory_lock($1)", CREATE_ALL_LOCK))
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock' "
+        "AND wait_event = 'advisory'"
+    )
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app"], cwd=project_root, env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while loop.run_until_complete(lock.fetchval(waiting, test_env["POSTGRES_DB"])) < 2:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        for worker in _children(process.pid):  # both in their lifespan startup, waiting for the lock
+            os.kill(worker, signal.SIGTERM)
+        time.sleep(0.5)  # handled: the second signal below is another one, not merged with the first
+        process.send_signal(signal.SIGTERM)  # the supervisor passes it on to each worker
+        time.sleep(0.5)
+        loop.run_until_complete(lock.execute("SELECT pg_advisory_unlock($1)", CREATE_ALL_LOCK))
+        status = process.wait(timeout=20)
+    finally:
+        loop.run_until_complete(lock.close())
+        loop.close()
+        if process.poll() is None:
+            for worker in _children(process.pid):
+                os.kill(worker, signal.SIGKILL)
             process.kill()
             process.wait()
     assert status == 0, log.read_text()

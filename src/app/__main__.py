@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -198,6 +198,7 @@ def _running(pid: int) -> bool:
 def build_worker_app(_target: str) -> Any:
     """Runs in every Granian worker: the app, without a startup line of its own (the supervisor logged it)."""
     if sys.platform != "win32":
+        stop_on_the_first_signal_only()
         # Ctrl+C in a terminal sends SIGINT to the whole process group. A worker that stops on it by itself can
         # exit before the supervisor has marked it as being stopped: Granian then logs "Unexpected exit from
         # worker-1" and exits with status 1 (and `task dev` reports a failure). So only the supervisor reacts to
@@ -212,6 +213,40 @@ def build_worker_app(_target: str) -> Any:
     gc.collect()
     gc.freeze()
     return app
+
+
+def stop_on_the_first_signal_only() -> None:
+    """A worker acts on its first SIGTERM (or SIGINT) and ignores the next: one more would hang it for good.
+
+    Granian's worker turns the signal into a stop event whose ``set()`` blocks while an earlier one is still waiting
+    to be read, and only its server reads it, from the moment it serves. A worker that gets a second signal while
+    its app starts (the lifespan: connecting, ``create_all``) then waits forever inside the first signal's handler,
+    never serves and never exits, holding the port. Two signals are common: the parent-death signal
+    (``end_workers_with_the_supervisor``) comes again each time the killed supervisor's next thread exits, and
+    systemd signals every process of the service as well as the supervisor stopping its workers. Granian installs
+    its handlers (``granian._signals.set_loop_signals``, looked up on each worker start) right after this loader
+    returns; they are replaced by one that passes the first signal on. ``tests/test_serve.py`` checks it against the
+    Granian in pdm.lock.
+    """
+    from granian import _signals  # noqa: PLC0415 - Granian's own module; only a worker needs it
+
+    install: Callable[[Any], Any] = _signals.set_loop_signals
+
+    def install_once(loop: Any) -> Any:
+        event = install(loop)
+        stopping = False
+
+        def stop() -> None:
+            nonlocal stopping
+            if not stopping:
+                stopping = True
+                event.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop)
+        return event
+
+    _signals.set_loop_signals = install_once
 
 
 def _url(host: str, port: int) -> str:

@@ -143,7 +143,7 @@ async def lock_row(session: AsyncSession, row: Base, *still: ColumnElement[bool]
 
 
 # Any constant: identifies "creating the tables" among PostgreSQL advisory locks.
-_CREATE_ALL_LOCK = 0x4C69_7465_7374
+CREATE_ALL_LOCK = 0x4C69_7465_7374
 
 
 # RFC 9110 §9.2.1: requests that must not change anything. No GET or HEAD route writes (a write there would not
@@ -212,7 +212,7 @@ class AlchemyConfig(SQLAlchemyAsyncConfig):
     async def create_all_metadata(self) -> None:
         async with self.get_engine().begin() as connection:
             if connection.dialect.name == "postgresql":
-                await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATE_ALL_LOCK})
+                await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CREATE_ALL_LOCK})
             await connection.run_sync(metadata.create_all)
 
 
