@@ -12,7 +12,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from app.core.keys import write_key_pair
+from app.core.keys import load_signing_keys, write_key_pair
 from app.core.settings import Settings, SettingsError
 from app.main import create_app
 from tests.helpers import one_line, run_command
@@ -78,6 +78,30 @@ def test_a_mismatched_pair_stops_the_app_factory_naming_both_paths(
     assert "\n" not in message
     assert other_public in message
     assert test_env["JWT_PRIVATE_KEY_PATH"] in message
+
+
+def test_a_pair_is_parsed_once_per_content_and_a_changed_file_is_checked_anew(
+    settings_with: Callable[..., Settings], tmp_path: Path
+) -> None:
+    private, public = tmp_path / "private.pem", tmp_path / "public.pem"
+    write_key_pair(private, public)
+    jwt_settings = settings_with(JWT_PRIVATE_KEY_PATH=str(private), JWT_PUBLIC_KEY_PATH=str(public)).jwt
+    first = load_signing_keys(jwt_settings)
+    assert load_signing_keys(jwt_settings) is first  # what a forked Granian worker finds: no second RSA check
+
+    private.unlink()
+    public.unlink()
+    write_key_pair(private, public)  # rotated in place: the same paths, a new pair
+    rotated = load_signing_keys(jwt_settings)
+    token = jwt.encode({"sub": "x"}, rotated.signing, algorithm="RS256")
+    assert jwt.decode(token, rotated.verification, algorithms=["RS256"]) == {"sub": "x"}
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, first.verification, algorithms=["RS256"])
+
+    write_key_pair(tmp_path / "other-private.pem", tmp_path / "other-public.pem")
+    public.write_bytes((tmp_path / "other-public.pem").read_bytes())  # no longer the private key's half
+    with pytest.raises(SettingsError, match="JWT key mismatch"):
+        load_signing_keys(jwt_settings)
 
 
 def test_a_mismatched_pair_stops_the_server_with_one_line(
