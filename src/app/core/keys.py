@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -36,35 +37,28 @@ class SigningKeys:
     verification: Any
 
 
-_checked: dict[tuple[bytes, bytes], SigningKeys] = {}
-"""Pairs parsed and checked in this process, by their files' bytes. ``python -m app`` checks the keys before it forks
-its Granian workers, so each worker finds the pair here and skips parsing (the RSA check is ~40 ms per worker at
-boot); a file changed since (new keys, then a restarted worker) is other bytes, parsed and checked anew."""
-
-
 def load_signing_keys(settings: JWTSettings) -> SigningKeys:
     """Read and check the keys once at startup; a missing, unreadable or mismatched key stops the app (SPEC §3.3)."""
     if not settings.uses_key_pair:
         secret = settings.secret_key or ""
         return SigningKeys(signing=secret, verification=secret)
-    pems = (
-        _read_pem(settings.private_key_path, PRIVATE_VARIABLE),
-        _read_pem(settings.public_key_path, PUBLIC_VARIABLE),
-    )
-    keys = _checked.get(pems)
-    if keys is None:
-        keys = _checked[pems] = _parse_pair(settings, *pems)
-    return keys
+    private_pem = _read_pem(settings.private_key_path, PRIVATE_VARIABLE)
+    public_pem = _read_pem(settings.public_key_path, PUBLIC_VARIABLE)
+    return _parse_pair(private_pem, public_pem, settings.private_key_path, settings.public_key_path)
 
 
-def _parse_pair(settings: JWTSettings, private_pem: bytes, public_pem: bytes) -> SigningKeys:
-    private: Any = _parse_key(private_pem, settings.private_key_path, PRIVATE_VARIABLE, _load_private_key)
-    public: Any = _parse_key(public_pem, settings.public_key_path, PUBLIC_VARIABLE, load_pem_public_key)
+# Memoized by the files' bytes: `python -m app` checks the pair before it forks its Granian workers, so each worker
+# finds it here instead of parsing it again (the RSA check took ~50 ms per worker at boot). Files changed since (new
+# keys, then a respawned worker) are other bytes, parsed and checked anew.
+@lru_cache(maxsize=2)
+def _parse_pair(private_pem: bytes, public_pem: bytes, private_path: Path, public_path: Path) -> SigningKeys:
+    private: Any = _parse_key(private_pem, private_path, PRIVATE_VARIABLE, _load_private_key)
+    public: Any = _parse_key(public_pem, public_path, PUBLIC_VARIABLE, load_pem_public_key)
     if _public_bytes(private.public_key()) != _public_bytes(public):
         raise SettingsError(
-            f"JWT key mismatch: the public key {settings.public_key_path} ({PUBLIC_VARIABLE}) does not belong to "
-            f"the private key {settings.private_key_path} ({PRIVATE_VARIABLE}); derive the matching public key with "
-            f"`openssl pkey -in {settings.private_key_path} -pubout -out {settings.public_key_path}`, "
+            f"JWT key mismatch: the public key {public_path} ({PUBLIC_VARIABLE}) does not belong to "
+            f"the private key {private_path} ({PRIVATE_VARIABLE}); derive the matching public key with "
+            f"`openssl pkey -in {private_path} -pubout -out {public_path}`, "
             "or delete both files and run `task bootstrap` for a new pair"
         )
     return SigningKeys(signing=private, verification=public)
