@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from litestar import Litestar
@@ -24,9 +25,10 @@ from prometheus_client import REGISTRY
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from saq.queue.redis import RedisQueue
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.__main__ import MULTIPROC_DIR, metrics_directory
+from app.core.db import ENGINE_STATE_KEY
 from app.core.metrics import DURATION_BUCKETS, mark_dead_workers
 from app.core.queue import QUEUE_NAME
 from app.core.request_metrics import FLUSH_SECONDS
@@ -45,6 +47,7 @@ Client = AsyncTestClient[Litestar]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 DASHBOARD = PROJECT_ROOT / "deploy/grafana/dashboards/litestar.json"
 HEALTH = "/api/v1/health"
+USERS_PAGE = "/api/v1/users?page=1&items_per_page=1"
 
 
 def samples(text: str) -> Samples:
@@ -269,6 +272,48 @@ async def test_an_unreachable_queue_leaves_the_scrape_answering(settings_with: A
     assert value(found, "litestar_app_info") == 1
 
 
+async def test_the_pool_gauges_show_connections_in_use_and_overflow_and_timeouts_are_counted(
+    settings_with: Any,
+) -> None:
+    app = create_app(settings_with(DB__POOL_SIZE="2", DB__MAX_OVERFLOW="1", DB__CONNECT_TIMEOUT="1"))
+    async with AsyncTestClient(app) as client:
+        engine: AsyncEngine = app.state[ENGINE_STATE_KEY]
+
+        def check_out() -> AsyncConnection:
+            """A connection of the app's pool, held by the test (checked out on the app's own event loop)."""
+            connection = engine.connect()
+            client.blocking_portal.call(connection.start)
+            return connection
+
+        assert (await client.get(USERS_PAGE)).status_code == 200  # one connection opened, and back in the pool
+        idle = await scrape(client)
+        held = [check_out(), check_out()]
+        busy = await scrape(client)
+        held.append(check_out())  # beyond the pool size: the one overflow connection allowed
+        full = await scrape(client)
+        started = time.monotonic()
+        refused = await client.get(USERS_PAGE)  # a fourth connection: none comes free within 1 s
+        waited = time.monotonic() - started
+        after_timeout = await scrape(client)
+        for connection in held:
+            client.blocking_portal.call(connection.close)
+        released = await scrape(client)
+
+    def pool(found: Samples) -> list[float]:
+        return [value(found, f"litestar_db_pool_{name}") for name in ("size", "checked_out", "overflow")]
+
+    assert [pool(found) for found in (idle, busy, full, released)] == [[2, 0, 0], [2, 2, 0], [2, 3, 1], [2, 0, 0]]
+    assert (refused.status_code, refused.json()["detail"], refused.headers["retry-after"]) == (
+        503,
+        "Service Unavailable",
+        "5",
+    )
+    assert 1 <= waited < 3
+    timeouts = "litestar_db_pool_timeouts_total"
+    assert value(after_timeout, timeouts) - value(full, timeouts) == 1
+    assert value(released, timeouts) == value(after_timeout, timeouts)
+
+
 # --- the multiprocess directory of `python -m app` -----------------------------------------------------------
 
 
@@ -371,6 +416,58 @@ def test_one_scrape_adds_up_every_worker(server: tuple[LiveServer, Path]) -> Non
     assert len(per_worker) == 2  # both workers counted, neither saw all the requests
     assert sum(per_worker) == after
     assert all(count < after for count in per_worker)
+
+
+def pool_per_worker(directory: Path) -> dict[int, tuple[float, float]]:
+    """Each worker's own pool size and connections in use, read from its file alone (no scrape)."""
+    pools = {}
+    for file in directory.glob("gauge_livesum_*.db"):
+        merged = MultiProcessCollector.merge([str(file)], accumulate=False)  # type: ignore[no-untyped-call]
+        found = {sample.name: sample.value for metric in merged for sample in metric.samples}
+        pools[int(file.stem.rsplit("_", 1)[1])] = (
+            found["litestar_db_pool_size"],
+            found["litestar_db_pool_checked_out"],
+        )
+    return pools
+
+
+async def test_each_worker_writes_its_pool_gauges_by_itself_and_a_scrape_adds_them_up(
+    server: tuple[LiveServer, Path], settings: Settings
+) -> None:
+    """A request waiting on a lock holds its worker's connection: that worker's own file shows it within
+    FLUSH_SECONDS without any scrape, and a scrape, whichever worker answers it, adds up both workers."""
+    running, directory = server
+    size = settings.db.pool_size
+
+    async def until(wanted: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        deadline = time.monotonic() + 3 * FLUSH_SECONDS
+        while True:
+            seen = sorted(pool_per_worker(directory).values())
+            if seen == wanted or time.monotonic() > deadline:
+                return seen
+            await asyncio.sleep(FLUSH_SECONDS / 10)
+
+    def scraped(found: Samples) -> tuple[float, float]:
+        return value(found, "litestar_db_pool_size"), value(found, "litestar_db_pool_checked_out")
+
+    locker = await asyncpg.connect(settings.database_url.replace("+asyncpg", ""))
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            assert await until([(size, 0), (size, 0)]) == [(size, 0), (size, 0)]
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute('LOCK TABLE "user" IN ACCESS EXCLUSIVE MODE')
+            stuck = asyncio.create_task(http.get(f"{running.base_url}{USERS_PAGE}"))
+            assert await until([(size, 0), (size, 1)]) == [(size, 0), (size, 1)]
+            during = samples((await http.get(f"{running.base_url}/metrics")).text)
+            await transaction.rollback()
+            assert (await stuck).status_code == 200
+            assert await until([(size, 0), (size, 0)]) == [(size, 0), (size, 0)]
+            after = samples((await http.get(f"{running.base_url}/metrics")).text)
+    finally:
+        await locker.close()
+
+    assert (scraped(during), scraped(after)) == ((2 * size, 1), (2 * size, 0))
 
 
 def dashboard_metric_names() -> set[str]:

@@ -75,7 +75,7 @@ def _build(settings: Settings, *, announce: bool) -> Litestar:
     auth = build_auth(codec, database)
     limiter = build_limiter(settings, codec, database)
     queue = build_queue(settings)
-    metrics = build_metrics(settings)  # GET /metrics and the request metrics (outermost middleware)
+    metrics = build_metrics(settings, database.get_engine())  # GET /metrics, request and pool metrics
 
     app = Litestar(
         route_handlers=build_routes(settings),

@@ -25,6 +25,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from app.core.db import caused_by
+from app.core.metrics import record_pool_timeout
 
 logger = structlog.get_logger("app.errors")
 _FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`")
@@ -141,6 +142,8 @@ def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Re
         return _http_error_response(request, exc)
     if caused_by(exc, UNAVAILABLE_ERRORS):
         logger.error("dependency unavailable", error=type(exc).__name__, path=request.url.path)
+        if caused_by(exc, PoolTimeoutError):
+            record_pool_timeout()
         return error_response(HTTP_503_SERVICE_UNAVAILABLE, SERVICE_UNAVAILABLE, headers={"Retry-After": "5"})
     if isinstance(exc, RepositoryError) and (response := _repository_error_response(exc)) is not None:
         return response

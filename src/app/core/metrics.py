@@ -7,6 +7,8 @@
   (404/405 of the router) never reach a route's middleware and are not counted; the access log has them.
 - The app's own events: ``record_rate_limited`` (the limiter's 429s) and ``record_cache_lookup`` (the response
   cache's hits and misses), each a pre-labelled counter increment: about a microsecond.
+- The database pool (``PoolGauges``): connections in use, the pool size and the overflow, summed over the workers,
+  and the requests that found no free connection within ``DB__CONNECT_TIMEOUT`` (their 503s).
 - Read at scrape time, from the settings and the queue's Redis: app info, SAQ queue depth and the workers' job
   outcomes. A queue whose Redis does not answer within ``REDIS_TIMEOUT`` is reported down (``litestar_queue_up 0``):
   the scrape still answers, a second later.
@@ -25,9 +27,9 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from litestar import get
+from litestar import Litestar, get
 from litestar.config.app import AppConfig
 from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency
@@ -37,15 +39,17 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.response import Response
 from litestar.types import Receive, Scope, Send
 from litestar_saq import TaskQueues
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from redis.exceptions import RedisError
 from saq.queue import Queue
 from saq.types import QueueInfo
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from app.core.redis_clients import REDIS_TIMEOUT
-from app.core.request_metrics import RequestMetrics, flush_request_metrics
+from app.core.request_metrics import FLUSH_SECONDS, RequestMetrics, flush_request_metrics
 from app.core.settings import Settings
 
 PREFIX = "litestar"
@@ -74,6 +78,26 @@ _CACHE_LOOKUPS = Counter(
     ["result"],
 )
 _CACHE_HIT, _CACHE_MISS = _CACHE_LOOKUPS.labels("hit"), _CACHE_LOOKUPS.labels("miss")
+# Each worker writes its own pool's values; a scrape adds up those of the workers alive ("livesum").
+_POOL_SIZE = Gauge(
+    f"{PREFIX}_db_pool_size",
+    "Database connections the pools keep without overflow (DB__POOL_SIZE per worker), summed over the workers.",
+    multiprocess_mode="livesum",
+)
+_POOL_CHECKED_OUT = Gauge(
+    f"{PREFIX}_db_pool_checked_out",
+    "Database connections in use by requests, summed over the workers.",
+    multiprocess_mode="livesum",
+)
+_POOL_OVERFLOW = Gauge(
+    f"{PREFIX}_db_pool_overflow",
+    "Database connections open beyond DB__POOL_SIZE (at most DB__MAX_OVERFLOW per worker), summed over the workers.",
+    multiprocess_mode="livesum",
+)
+_POOL_TIMEOUTS = Counter(
+    f"{PREFIX}_db_pool_timeouts",
+    "Requests answered with 503 because no pooled database connection came free within DB__CONNECT_TIMEOUT.",
+)
 
 
 def record_rate_limited(path_template: str, tier: str | None) -> None:
@@ -83,6 +107,61 @@ def record_rate_limited(path_template: str, tier: str | None) -> None:
 
 def record_cache_lookup(*, hit: bool) -> None:
     (_CACHE_HIT if hit else _CACHE_MISS).inc()
+
+
+def record_pool_timeout() -> None:
+    """One request that waited ``DB__CONNECT_TIMEOUT`` for a pooled connection in vain (answered with 503)."""
+    _POOL_TIMEOUTS.inc()
+
+
+class PoolGauges:
+    """The ``db_pool`` gauges of this process: what the pools of its running apps (one in a Granian worker) hold.
+
+    Written when an app starts, every ``FLUSH_SECONDS`` while it runs (a write only when a value changed) and before
+    this process answers a scrape: a scrape answered by another worker is at most ``FLUSH_SECONDS`` behind for this
+    one, whether or not requests come. Counting checkouts as they happen would cost every request a locked file
+    write (``app.core.request_metrics``). The pool is looked up at each write: ``engine.dispose()`` replaces it.
+    A pool without a size (``NullPool``, ``StaticPool``) counts nothing; the app's, PostgreSQL's and embedded
+    SQLite's, is a ``QueuePool``.
+    """
+
+    _engines: ClassVar[list[AsyncEngine]] = []  # process-wide, like the gauges they are written to
+    _written: ClassVar[tuple[int, int, int] | None] = None
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def start(self, _app: Litestar) -> None:
+        self._engines.append(self.engine)
+        self.write_every_interval()
+
+    async def stop(self, _app: Litestar) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.engine in self._engines:
+            self._engines.remove(self.engine)
+        self.write()
+
+    def write_every_interval(self) -> None:
+        self.write()
+        self.timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.write_every_interval)
+
+    @classmethod
+    def write(cls) -> None:
+        size = checked_out = overflow = 0
+        for engine in cls._engines:
+            pool = engine.sync_engine.pool
+            if isinstance(pool, QueuePool):
+                size += pool.size()
+                checked_out += pool.checkedout()
+                overflow += max(0, pool.overflow())  # negative while fewer than the pool size are open
+        if cls._written != (size, checked_out, overflow):
+            cls._written = (size, checked_out, overflow)
+            _POOL_SIZE.set(size)
+            _POOL_CHECKED_OUT.set(checked_out)
+            _POOL_OVERFLOW.set(overflow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +258,7 @@ class MetricsController(PrometheusController):
         self, settings: NamedDependency[Settings], task_queues: NamedDependency[TaskQueues]
     ) -> Response[bytes]:
         flush_request_metrics()  # this worker's counts are current; the others' at most FLUSH_SECONDS behind
+        PoolGauges.write()
         scrape = ScrapeCollector(settings, await read_queues(task_queues.queues.values()))
         registry = CollectorRegistry(auto_describe=False)
         registry.register(process_metrics())
@@ -187,17 +267,20 @@ class MetricsController(PrometheusController):
 
 
 class MetricsPlugin(InitPlugin):
-    """Registers the middleware (outermost) and ``/metrics``."""
+    """Registers the middleware (outermost), ``/metrics`` and the pool gauges' writer."""
 
-    def __init__(self, config: PrometheusConfig) -> None:
+    def __init__(self, config: PrometheusConfig, pool_gauges: PoolGauges) -> None:
         self.config = config
+        self.pool_gauges = pool_gauges
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.middleware.insert(0, self.config.middleware)
         # Requests that match no route never reach the middleware: one instance of its own counts them.
         app_config.after_exception.append(RequestMetrics(_no_route, self.config).count_unrouted)
         app_config.route_handlers.append(MetricsController)
-        app_config.on_shutdown.append(flush_request_metrics)
+        # After the lifespans (the database plugin's among them), so the engine is the one the app serves with.
+        app_config.on_startup.append(self.pool_gauges.start)
+        app_config.on_shutdown.extend([flush_request_metrics, self.pool_gauges.stop])
         return app_config
 
 
@@ -206,7 +289,8 @@ async def _no_route(_scope: Scope, _receive: Receive, _send: Send) -> None:
     raise NotImplementedError
 
 
-def build_metrics(settings: Settings) -> MetricsPlugin:
+def build_metrics(settings: Settings, engine: AsyncEngine) -> MetricsPlugin:
+    """The metrics of an app whose database is ``engine``."""
     return MetricsPlugin(
         PrometheusConfig(
             app_name=settings.app.name,
@@ -216,5 +300,6 @@ def build_metrics(settings: Settings) -> MetricsPlugin:
             exclude_opt_key=EXCLUDE_FROM_METRICS,
             scopes={ScopeType.HTTP},
             middleware_class=RequestMetrics,
-        )
+        ),
+        PoolGauges(engine),
     )
