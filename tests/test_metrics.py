@@ -36,7 +36,7 @@ from app.core.settings import Settings
 from app.main import create_app
 from app.users.models import User
 from tests.conftest import Login, MakeUser
-from tests.helpers import bearer
+from tests.helpers import PASSWORD, bearer
 from tests.servers import PROJECT_ROOT, LiveServer, free_port, live_server
 from tests.test_posts import make_posts
 from tests.test_rate_limit import make_tier
@@ -242,6 +242,85 @@ async def test_cache_hits_and_misses_are_counted(client: Client, ann: User, db_s
         return value(after, name, result=result) - value(before, name, result=result)
 
     assert (moved("miss"), moved("hit")) == (1, 2)
+
+
+def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+async def test_token_rejections_are_counted_by_kind_and_reason_and_a_refresh_replay_once(
+    client: Client, make_user: MakeUser, login: Login
+) -> None:
+    await make_user("ann")
+    access = await login("ann")
+    refresh = client.cookies["refresh_token"]
+    before = await scrape(client)
+
+    assert (await client.get("/api/v1/user/me")).status_code == 401  # missing
+    assert (await client.get("/api/v1/user/me", headers=bearer("forged"))).status_code == 401  # malformed
+    assert (await client.post("/api/v1/logout", headers=bearer(access))).status_code == 200
+    assert (await client.get("/api/v1/user/me", headers=bearer(access))).status_code == 401  # revoked
+    client.cookies.clear()
+    logged_out = await client.post("/api/v1/refresh", headers={"Cookie": f"refresh_token={refresh}"})
+    assert logged_out.status_code == 401  # revoked by the logout
+    await login("ann")
+    rotated = client.cookies["refresh_token"]
+    assert (await client.post("/api/v1/refresh")).status_code == 200
+    client.cookies.clear()
+    replay = await client.post("/api/v1/refresh", headers={"Cookie": f"refresh_token={rotated}"})
+    assert replay.status_code == 401  # revoked, and a replay: the family goes too
+    after = await scrape(client)
+
+    rejected = "litestar_tokens_rejected_total"
+    counts = {
+        (kind, reason): moved(before, after, rejected, kind=kind, reason=reason)
+        for kind in ("access", "refresh")
+        for reason in ("missing", "malformed", "revoked", "expired")
+    }
+    assert {key: count for key, count in counts.items() if count} == {
+        ("access", "missing"): 1,
+        ("access", "malformed"): 1,
+        ("access", "revoked"): 1,
+        ("refresh", "revoked"): 2,
+    }
+    # Both refresh tokens came back after their jti was blacklisted (logout, rotation): each a possible replay.
+    assert moved(before, after, "litestar_refresh_token_reuse_total") == 2
+
+
+async def test_an_unreachable_redis_is_counted_where_each_path_goes_on_without_it(
+    settings_with: Any, make_user: MakeUser, db_session: AsyncSession
+) -> None:
+    ann = await make_user("ann")
+    (post,) = await make_posts(db_session, ann, 1)
+    down = str(free_port())
+    app = create_app(settings_with(REDIS_RATE_LIMIT_PORT=down, REDIS_CACHE_PORT=down))
+    async with AsyncTestClient(app, base_url="https://testserver.local") as client:
+        before = await scrape(client)
+        login = await client.post("/api/v1/login", data={"username": "ann", "password": PASSWORD})
+        assert login.status_code == 200  # the login throttle counted in this process
+        auth = bearer(login.json()["access_token"])
+        assert (await client.get(f"/api/v1/ann/post/{post.id}")).status_code == 200  # the cache bypassed
+        assert (await client.post("/api/v1/tasks/task", params={"message": "m"})).status_code == 201  # not limited
+        patched = await client.patch(f"/api/v1/ann/post/{post.id}", json={"title": "New"}, headers=auth)
+        assert patched.status_code == 200
+        after = await scrape(client)
+
+    fallbacks = {
+        (sample_labels["component"], sample_labels["operation"]): count
+        for (name, labels), count in after.items()
+        if name == "litestar_redis_fallbacks_total" and (sample_labels := dict(labels))
+    }
+    for key in list(fallbacks):
+        fallbacks[key] -= value(before, "litestar_redis_fallbacks_total", component=key[0], operation=key[1])
+    assert {key: count for key, count in fallbacks.items() if count} == {
+        ("login_throttle", "reserve"): 1,
+        ("login_throttle", "succeeded"): 1,
+        ("response_cache", "get"): 1,
+        ("response_cache", "set"): 1,
+        ("response_cache", "invalidate"): 1,
+        ("rate_limiter", "count"): 1,  # the task route, the one rate-limited here
+    }
+    assert moved(before, after, "litestar_response_cache_invalidations_total") == 1
 
 
 async def test_queue_depth_and_job_outcomes_come_from_the_queue(client: Client, queue: RedisQueue) -> None:
@@ -503,7 +582,14 @@ async def test_the_dashboard_queries_only_exported_metrics(server: tuple[LiveSer
         exported = {name for name, _ in samples((await http.get(f"{running.base_url}/metrics")).text)}
 
     used = dashboard_metric_names()
-    assert {"litestar_requests_total", "litestar_queue_jobs", "litestar_rate_limited_total"} <= used
+    assert {
+        "litestar_requests_total",
+        "litestar_queue_jobs",
+        "litestar_rate_limited_total",
+        "litestar_db_pool_checked_out",
+        "litestar_tokens_rejected_total",
+        "litestar_redis_fallbacks_total",
+    } <= used
     assert used - exported == set()
 
 

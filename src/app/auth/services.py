@@ -18,9 +18,18 @@ from sqlalchemy.orm.util import identity_key
 
 from app.auth.models import TokenBlacklist
 from app.core.db import AlchemyConfig, Repository, save_unique, utc_now
+from app.core.metrics import record_refresh_reuse
 from app.core.passwords import verify_password
 from app.core.rows import FastRow, is_autocommit
-from app.core.security import AppToken, IssuedToken, TokenCodec, TokenRejected, UserLoader
+from app.core.security import (
+    AppToken,
+    IssuedToken,
+    TokenCodec,
+    TokenKind,
+    TokenRejected,
+    UserLoader,
+    log_rejection,
+)
 from app.users.models import User
 from app.users.schemas import normalize_email
 from app.users.services import UserService
@@ -168,6 +177,8 @@ class AuthService:
         if token is None:
             return None
         revoked = await self.blacklist.revoked_keys(token)
+        if revoked:
+            log_rejection("revoked", kind="refresh", user_id=token.uid)
         if token.fid in revoked:
             return None
         if token.jti in revoked:
@@ -183,6 +194,7 @@ class AuthService:
         return self.issue(user, family=token.fid or uuid4().hex)
 
     async def _revoke_family(self, token: AppToken) -> None:
+        record_refresh_reuse()
         logger.warning(
             "rotated refresh token presented again: possible replay, its family is revoked",
             user_id=token.uid,
@@ -200,7 +212,11 @@ class AuthService:
         """SPEC §4.2 A3: both tokens must pass checks 1–5 for their type; both are then blacklisted."""
         access = self.codec.decode(access_encoded, "access")
         refresh = self.codec.decode(refresh_encoded, "refresh")
-        if access is None or refresh is None or await self.blacklist.revoked_keys(access, refresh):
+        if access is None or refresh is None:
+            return False
+        if revoked := await self.blacklist.revoked_keys(access, refresh):
+            kind: TokenKind = "access" if revoked & set(access.revocation_keys) else "refresh"
+            log_rejection("revoked", kind=kind, user_id=access.uid)
             return False
         return await self.blacklist.revoke_token(access) and await self.blacklist.revoke_token(refresh)
 
@@ -211,7 +227,10 @@ class AuthService:
         """
         await self.blacklist.revoke_token(access)
         refresh = self.codec.decode(refresh_encoded, "refresh") if refresh_encoded else None
-        if refresh is None or await self.blacklist.revoked_keys(refresh):
+        if refresh is None:
+            return False
+        if await self.blacklist.revoked_keys(refresh):
+            log_rejection("revoked", kind="refresh", user_id=refresh.uid)
             return False
         return await self.blacklist.revoke_token(refresh)
 

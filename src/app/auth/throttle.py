@@ -36,6 +36,7 @@ from litestar.exceptions import TooManyRequestsException
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.core.metrics import record_redis_fallback
 from app.core.rate_limit import RATE_LIMITER, RedisCounter, client_address
 from app.core.redis_clients import bounded
 from app.core.settings import Settings
@@ -180,7 +181,7 @@ class LoginThrottle:
                 async with bounded():
                     count = int(await self._scripts_of(client).failed(keys=[address_key], args=[self.window]))
         except (RedisError, OSError) as error:
-            _log_unavailable(error)
+            _log_unavailable(error, "failed")
         if count is None:
             count = self.local.failed(address_key, self.window)
         if count == self.limits[1]:
@@ -198,7 +199,7 @@ class LoginThrottle:
                     await client.delete(attempt.keys[0])
                 return
         except (RedisError, OSError) as error:
-            _log_unavailable(error)
+            _log_unavailable(error, "succeeded")
         self.local.release(attempt.keys[0])
 
     async def _reserve(self, app: Litestar, attempt: LoginAttempt) -> Verdict:
@@ -211,7 +212,7 @@ class LoginThrottle:
                     )
                 return Verdict(int(reply[0]), (int(reply[1]), int(reply[2])))
         except (RedisError, OSError) as error:
-            _log_unavailable(error)
+            _log_unavailable(error, "reserve")
         return self.local.reserve(attempt.keys, self.limits, self.window)
 
     def _redis(self, app: Litestar) -> Redis | None:
@@ -240,8 +241,9 @@ class _Scripts:
     failed: Any
 
 
-def _log_unavailable(error: Exception) -> None:
+def _log_unavailable(error: Exception, operation: str) -> None:
     logger.error("login throttle store unavailable, counting in this process", error=type(error).__name__)
+    record_redis_fallback("login_throttle", operation)
 
 
 def provide_login_throttle(state: State) -> LoginThrottle:

@@ -44,7 +44,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.metrics import record_cache_lookup
+from app.core.metrics import record_cache_invalidation, record_cache_lookup, record_redis_fallback
 from app.core.redis_clients import bounded, fail_fast_client
 from app.core.settings import Settings
 
@@ -193,6 +193,7 @@ class FailOpenRedisStore(RedisStore):
             found, epoch = await value
         except (RedisError, OSError) as error:
             logger.error("response cache unavailable", operation="get", error=type(error).__name__)
+            record_redis_fallback("response_cache", "get")
             found, epoch = None, None
         record_cache_lookup(hit=found is not None)
         if found is None:
@@ -236,6 +237,7 @@ class FailOpenRedisStore(RedisStore):
                     await self._store(keys=keys, args=[value, lifetime, self._epoch_seen(key)])
         except (RedisError, OSError) as error:
             logger.error("response cache unavailable", operation="set", error=type(error).__name__)
+            record_redis_fallback("response_cache", "set")
 
     @staticmethod
     def _epoch_seen(key: str) -> bytes | str:
@@ -295,6 +297,7 @@ class ResponseCache:
 
     async def invalidate(self, invalidation: Invalidation) -> None:
         """Delete the keys and every key matching the patterns; an outage is logged, never raised (SPEC §6.5)."""
+        record_cache_invalidation()
         try:
             if self.memory is not None:
                 self._invalidate_memory(self.memory, invalidation)
@@ -307,6 +310,7 @@ class ResponseCache:
                 patterns=sorted(invalidation.patterns),
                 error=type(error).__name__,
             )
+            record_redis_fallback("response_cache", "invalidate")
 
     async def after_commit(self, scope: Scope, session: AsyncSession | None) -> None:
         """The transaction handler's hook: the route's own invalidation plus what its services scheduled."""

@@ -5,8 +5,11 @@
   status, with a latency histogram and the requests in progress. It is the outermost middleware, so authentication
   and the rate limiter are inside the measured time. Unknown paths
   (404/405 of the router) never reach a route's middleware and are not counted; the access log has them.
-- The app's own events: ``record_rate_limited`` (the limiter's 429s) and ``record_cache_lookup`` (the response
-  cache's hits and misses), each a pre-labelled counter increment: about a microsecond.
+- The app's own events: ``record_rate_limited`` (the limiter's 429s), ``record_cache_lookup`` (the response
+  cache's hits and misses) and ``record_cache_invalidation``, ``record_token_rejected`` (why a token was refused: a
+  revoked one is a blacklist hit), ``record_refresh_reuse`` (a rotated or logged-out refresh token presented again) and
+  ``record_redis_fallback`` (a Redis that did not answer, and the path failed open or counted in-process), each a
+  counter increment: about a microsecond.
 - The database pool (``PoolGauges``): connections in use, the pool size and the overflow, summed over the workers,
   and the requests that found no free connection within ``DB__CONNECT_TIMEOUT`` (their 503s).
 - Read at scrape time, from the settings and the queue's Redis: app info, SAQ queue depth and the workers' job
@@ -78,6 +81,54 @@ _CACHE_LOOKUPS = Counter(
     ["result"],
 )
 _CACHE_HIT, _CACHE_MISS = _CACHE_LOOKUPS.labels("hit"), _CACHE_LOOKUPS.labels("miss")
+_CACHE_INVALIDATIONS = Counter(
+    f"{PREFIX}_response_cache_invalidations",
+    "Committed writes that invalidated cached responses (the keys and key families they made stale).",
+)
+_TOKENS_REJECTED = Counter(
+    f"{PREFIX}_tokens_rejected",
+    "Tokens refused, by kind (access, refresh) and reason (missing, expired, bad signature, not yet valid, malformed, "
+    "wrong type, revoked: a blacklist hit, unknown user).",
+    ["kind", "reason"],
+)
+_REFRESH_REUSE = Counter(
+    f"{PREFIX}_refresh_token_reuse",
+    "Refresh tokens presented again after rotation or logout (a possible replay): each revoked its whole family.",
+)
+_REDIS_FALLBACKS = Counter(
+    f"{PREFIX}_redis_fallbacks",
+    "Operations whose Redis did not answer within its timeout: the rate limiter let the request through, the "
+    "response cache was bypassed, the login throttle counted in-process.",
+    ["component", "operation"],
+)
+# Every label set these counters can have, bound once: each is exported (at 0) from the start, so a rate() or an
+# alert has a series before the first event, and an event costs one increment.
+REJECTION_REASONS = (
+    "missing",
+    "expired",
+    "bad signature",
+    "not yet valid",
+    "malformed",
+    "wrong type",
+    "revoked",
+    "unknown user",
+)
+"""``app.core.security``'s reasons for refusing a token."""
+REDIS_FALLBACKS = {
+    "rate_limiter": ("count", "invalidate_rules"),
+    "response_cache": ("get", "set", "invalidate"),
+    "login_throttle": ("reserve", "failed", "succeeded"),
+}
+_REJECTED = {
+    (kind, reason): _TOKENS_REJECTED.labels(kind, reason)
+    for kind in ("access", "refresh")
+    for reason in REJECTION_REASONS
+}
+_FALLBACKS = {
+    (component, operation): _REDIS_FALLBACKS.labels(component, operation)
+    for component, operations in REDIS_FALLBACKS.items()
+    for operation in operations
+}
 # Each worker writes its own pool's values; a scrape adds up those of the workers alive ("livesum").
 _POOL_SIZE = Gauge(
     f"{PREFIX}_db_pool_size",
@@ -107,6 +158,25 @@ def record_rate_limited(path_template: str, tier: str | None) -> None:
 
 def record_cache_lookup(*, hit: bool) -> None:
     (_CACHE_HIT if hit else _CACHE_MISS).inc()
+
+
+def record_cache_invalidation() -> None:
+    _CACHE_INVALIDATIONS.inc()
+
+
+def record_token_rejected(kind: str, reason: str) -> None:
+    """One refused token; ``reason`` is one of the fixed reasons of ``app.core.security`` (never the token)."""
+    (_REJECTED.get((kind, reason)) or _TOKENS_REJECTED.labels(kind, reason)).inc()
+
+
+def record_refresh_reuse() -> None:
+    _REFRESH_REUSE.inc()
+
+
+def record_redis_fallback(component: str, operation: str) -> None:
+    """``component`` (``rate_limiter``, ``response_cache``, ``login_throttle``) found its Redis unavailable while
+    doing ``operation`` and went on without it (SPEC §5.7, §6.5)."""
+    (_FALLBACKS.get((component, operation)) or _REDIS_FALLBACKS.labels(component, operation)).inc()
 
 
 def record_pool_timeout() -> None:

@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 
 from app.core.errors import RATE_LIMIT_EXCEEDED
 from app.core.logging import USER_ID_STATE_KEY
-from app.core.metrics import record_rate_limited
+from app.core.metrics import record_rate_limited, record_redis_fallback
 from app.core.paths import sanitize_path
 from app.core.redis_clients import bounded, fail_fast_client
 from app.core.security import AppToken, TokenCodec, TokenRejected, UserLoader, bearer_token
@@ -281,6 +281,7 @@ class RateLimiter:
             logger.error(
                 "rate limiter unavailable", user_id=user_id, tier=tier_id, path=hit.path, error=type(error).__name__
             )
+            record_redis_fallback("rate_limiter", "count")
             return None
         self._log_fallback(user_id, tier_id, counted, hit.path)
         if counted.decision.exceeded:
@@ -409,6 +410,7 @@ async def invalidate_rate_limit_rules(request: Request[Any, Any, Any]) -> None:
         await limiter.counter.invalidate_rules()
     except (RedisError, OSError) as error:
         logger.error("rate limiter unavailable", path=sanitize_path(request.scope["path"]), error=type(error).__name__)
+        record_redis_fallback("rate_limiter", "invalidate_rules")
 
 
 def build_rate_limiter(

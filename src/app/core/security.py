@@ -7,7 +7,8 @@ the id ``uid``. The signature and claim checks live here, done once per token st
 blacklist and user checks are one query supplied by the auth feature (``load_user``), run on every request.
 
 Every rejection is logged at INFO on ``app.auth`` as ``token rejected`` with a ``reason`` (``missing``, ``expired``,
-``bad signature``, ``not yet valid``, ``malformed``, ``wrong type``, ``revoked``, ``unknown user``), never the token.
+``bad signature``, ``not yet valid``, ``malformed``, ``wrong type``, ``revoked``, ``unknown user``), never the token,
+and counted by kind and reason (``litestar_tokens_rejected_total``: ``revoked`` is a blacklist hit).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from app.core.errors import NOT_AUTHENTICATED, USER_NOT_AUTHENTICATED
 from app.core.fields import is_db_id, storable
 from app.core.keys import SigningKeys
 from app.core.logging import USER_ID_STATE_KEY
+from app.core.metrics import record_token_rejected
 from app.core.settings import JWTSettings
 from app.core.token_cache import VerifiedTokens
 
@@ -201,8 +203,9 @@ class TokenCodec:
         return token.extras.get(self.type_claim) == self.type_values[kind]
 
 
-def log_rejection(reason: str, **fields: Any) -> None:
-    logger.info("token rejected", reason=reason, **fields)
+def log_rejection(reason: str, *, kind: TokenKind, **fields: Any) -> None:
+    logger.info("token rejected", reason=reason, kind=kind, **fields)
+    record_token_rejected(kind, reason)
 
 
 def bearer_token(authorization: str | None) -> str | None:
