@@ -36,6 +36,7 @@ K8S = DEPLOY / "k8s"
 DOCKERFILE = DEPLOY / "Dockerfile"
 COMPOSE = DEPLOY / "docker-compose.yml"
 COMPOSE_NGINX = DEPLOY / "docker-compose.nginx.yml"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 VENV_BIN = Path(sys.executable).parent
 
@@ -255,6 +256,27 @@ def test_configured_settings_are_production_settings() -> None:
     assert settings.log.file_path is None
 
 
+def test_prometheus_scrapes_the_exporters_that_start_with_it() -> None:
+    services = compose()["services"]
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    static = {
+        job["job_name"]: target.split(":")[0]
+        for job in config["scrape_configs"]
+        for group in job.get("static_configs", [])
+        for target in group["targets"]
+    }
+
+    assert static == {"postgres": "postgres-exporter", "redis": "redis-exporter", "prometheus": "localhost"}
+    for exporter in ("postgres-exporter", "redis-exporter"):
+        assert set(services["prometheus"]["profiles"]) <= set(services[exporter]["profiles"]), exporter
+    assert services["redis-exporter"]["environment"]["REDIS_ADDR"] == "redis://redis:6379"
+    postgres = services["postgres-exporter"]
+    assert postgres["env_file"] == "../src/.env"
+    script = " ".join(postgres["entrypoint"])
+    assert "db:5432/" in script
+    assert 'DATA_SOURCE_PASS="$${POSTGRES_PASSWORD:?' in script, "the password from src/.env, never a default"
+
+
 def test_manifests_and_compose_use_only_real_settings_names() -> None:
     used = {f"ConfigMap {name}" for name in config_map()}
     used |= {f"Secret {name}" for name in secret_template("litestar-secrets")}
@@ -357,6 +379,8 @@ PROFILES = {
     "pgadmin": {"pgadmin"},
     "nginx": {"nginx"},
     "prometheus": {"monitoring", "prometheus"},
+    "postgres-exporter": {"monitoring", "prometheus"},
+    "redis-exporter": {"monitoring", "prometheus"},
     "grafana": {"monitoring", "grafana"},
     "create_superuser": {"setup", "create_superuser"},
     "create_tier": {"setup", "create_tier"},
