@@ -177,8 +177,8 @@ class AlchemyConfig(SQLAlchemyAsyncConfig):
     """advanced-alchemy's framework-agnostic config, with read-only requests outside a transaction and workers
     taking turns to create missing tables (DB__CREATE_TABLES_ON_START).
 
-    A request's session is created by whoever needs it first (the auth middleware's token check, a guard, a
-    handler's dependency). For GET and HEAD it is bound to an AUTOCOMMIT view of the engine (same pool): asyncpg
+    A request's session is created by whoever needs it first (the auth middleware's token check in a write, a
+    guard, a handler's dependency); outside a transaction the token check reads without one (``sessionless_engine``). For GET and HEAD it is bound to an AUTOCOMMIT view of the engine (same pool): asyncpg
     then sends no BEGIN before the first statement and no COMMIT after the last, so a one-statement read is one
     round trip instead of three. That gives up nothing under PostgreSQL's READ COMMITTED, where every statement
     takes its own snapshot inside a transaction too. So is a write route flagged ``ONE_STATEMENT``; every other
@@ -188,6 +188,15 @@ class AlchemyConfig(SQLAlchemyAsyncConfig):
     Granian starts its workers at once: two ``create_all`` on an empty PostgreSQL database would create the
     same table, and one worker would crash on a unique violation in ``pg_type``.
     """
+
+    def sessionless_engine(self, scope: Scope) -> AsyncEngine | None:
+        """The AUTOCOMMIT engine a request outside a transaction can read through without a session (``FastRow``),
+        while it has none: the auth middleware's token check on a GET needs no session of its own, and a handler that
+        needs one still gets it (``provide_session``). ``None`` on SQLite, in a transaction, or once a session exists.
+        """
+        if self._autocommit_engine is None or request_session(scope) is not None or not _outside_transaction(scope):
+            return None
+        return self._autocommit_engine
 
     def provide_session(self, state: State, scope: Scope) -> AsyncSession:
         session = request_session(scope)

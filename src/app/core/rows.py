@@ -40,7 +40,11 @@ _POSTGRESQL = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
 
 
 class FastRow:
-    """``await FastRow(statement).first(session, values)``: the statement's first row as a mapping, or ``None``."""
+    """``await FastRow(statement).first(session, values)``: the statement's first row as a mapping, or ``None``.
+
+    Given the AUTOCOMMIT engine itself (``AlchemyConfig.sessionless_engine``) instead of a session, it reads the same
+    way as on an AUTOCOMMIT session, with no session made for it.
+    """
 
     __slots__ = ("names", "processors", "sql", "statement", "writes")
 
@@ -52,7 +56,9 @@ class FastRow:
         self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
         self.processors = tuple(compiled.binds[name].type._cached_bind_processor(_POSTGRESQL) for name in self.names)
 
-    async def first(self, session: AsyncSession, values: Mapping[str, Any]) -> Mapping[Any, Any] | None:
+    async def first(self, session: AsyncSession | AsyncEngine, values: Mapping[str, Any]) -> Mapping[Any, Any] | None:
+        if isinstance(session, AsyncEngine):
+            return await self._first_pooled(session, values)
         bind = session.bind
         if isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql" and is_autocommit(session):
             return await self._first_pooled(bind, values)
