@@ -178,12 +178,13 @@ class AlchemyConfig(SQLAlchemyAsyncConfig):
     taking turns to create missing tables (DB__CREATE_TABLES_ON_START).
 
     A request's session is created by whoever needs it first (the auth middleware's token check in a write, a
-    guard, a handler's dependency); outside a transaction the token check reads without one (``sessionless_engine``). For GET and HEAD it is bound to an AUTOCOMMIT view of the engine (same pool): asyncpg
-    then sends no BEGIN before the first statement and no COMMIT after the last, so a one-statement read is one
-    round trip instead of three. That gives up nothing under PostgreSQL's READ COMMITTED, where every statement
-    takes its own snapshot inside a transaction too. So is a write route flagged ``ONE_STATEMENT``; every other
-    write keeps one transaction per request. SQLite (embedded mode) sends no BEGIN before a read anyway and keeps
-    the plain session.
+    guard, a handler's dependency); outside a transaction the token check reads without one
+    (``sessionless_engine``). For GET and HEAD the session is bound to an AUTOCOMMIT view of the engine (same
+    pool): asyncpg then sends no BEGIN before the first statement and no COMMIT after the last, so a
+    one-statement read is one round trip instead of three. That gives up nothing under PostgreSQL's READ
+    COMMITTED, where every statement takes its own snapshot inside a transaction too. So is a write route flagged
+    ``ONE_STATEMENT``; every other write keeps one transaction per request. SQLite (embedded mode) sends no BEGIN
+    before a read anyway and keeps the plain session.
 
     Granian starts its workers at once: two ``create_all`` on an empty PostgreSQL database would create the
     same table, and one worker would crash on a unique violation in ``pg_type``.
